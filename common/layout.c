@@ -62,8 +62,8 @@ uint64_t
 kvdex_block_checksum(const void *img, size_t len, uint64_t seed, uint64_t off)
 {
 	assert(len > sizeof(uint64_t));
-	return XXH3_64bits_withSeed((const uint8_t *)img + sizeof(uint64_t),
-				    len - sizeof(uint64_t), seed ^ off);
+	return XXH3_64bits_withSeed((const uint8_t *)img + sizeof(uint64_t), len - sizeof(uint64_t),
+				    seed ^ off);
 }
 
 void

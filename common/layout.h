@@ -79,8 +79,8 @@ struct kvdex_region_hdr {
 	uint16_t layout_version;
 	uint16_t hdr_size;
 	uint64_t server_incarnation; /* random per server start */
-	uint64_t region_size;        /* bytes readable now; never shrinks */
-	uint64_t hash_seed;          /* seeds bucket mapping and checksums */
+	uint64_t region_size;	     /* bytes readable now; never shrinks */
+	uint64_t hash_seed;	     /* seeds bucket mapping and checksums */
 	uint64_t table_off;
 	uint64_t overflow_off;
 	uint32_t table_log2; /* home buckets = 1 << table_log2 */
@@ -89,11 +89,11 @@ struct kvdex_region_hdr {
 	uint32_t bucket_size;
 	uint64_t workers_off;
 	uint32_t workers_cap;
-	uint32_t workers_hwm;     /* rows [0, hwm) may be in use */
+	uint32_t workers_hwm;	  /* rows [0, hwm) may be in use */
 	uint32_t workers_version; /* bumped when any row changes except load */
-	uint32_t clock_ticks;     /* coarse clock, KVDEX_TICKS_PER_SEC */
-	uint64_t clock_base_ms;   /* unix time (ms) at tick 0 */
-	uint64_t records;         /* informational */
+	uint32_t clock_ticks;	  /* coarse clock, KVDEX_TICKS_PER_SEC */
+	uint64_t clock_base_ms;	  /* unix time (ms) at tick 0 */
+	uint64_t records;	  /* informational */
 	uint8_t reserved[128 - 112];
 };
 static_assert(sizeof(struct kvdex_region_hdr) == KVDEX_HDR_SIZE, "header size");
@@ -122,10 +122,10 @@ struct kvdex_worker_row {
 	uint16_t dp_size;
 	uint8_t epoch[KVDEX_NR_TIERS];
 	uint16_t reserved0;
-	uint32_t version;     /* row write count */
-	uint32_t load_ticks;  /* clock_ticks when the load was reported; 0 = never */
-	uint32_t queued;      /* requests waiting */
-	uint32_t running;     /* requests running */
+	uint32_t version;	 /* row write count */
+	uint32_t load_ticks;	 /* clock_ticks when the load was reported; 0 = never */
+	uint32_t queued;	 /* requests waiting */
+	uint32_t running;	 /* requests running */
 	uint64_t prefill_tokens; /* prompt tokens in flight */
 	uint16_t kv_util_permille;
 	uint16_t reserved1[3];
@@ -155,8 +155,8 @@ struct kvdex_bucket_hdr {
 	uint32_t table_gen;
 	uint32_t chain_seq;
 	uint32_t owner; /* home bucket index */
-	uint32_t next;  /* overflow bucket index + 1; 0 = end of chain */
-	uint16_t used;  /* bytes of record area in use */
+	uint32_t next;	/* overflow bucket index + 1; 0 = end of chain */
+	uint16_t used;	/* bytes of record area in use */
 	uint8_t flags;
 	uint8_t nrecords;
 	uint32_t reserved;
@@ -177,9 +177,9 @@ struct kvdex_record_hdr {
 	uint64_t key;
 	uint16_t ns;
 	uint8_t nholders;
-	uint8_t flags;   /* KVDEX_REC_* */
-	uint16_t atime;  /* last store or touch, server seconds mod 2^16 */
-	uint8_t hits;    /* touches, saturating at 255 */
+	uint8_t flags;	/* KVDEX_REC_* */
+	uint16_t atime; /* last store or touch, server seconds mod 2^16 */
+	uint8_t hits;	/* touches, saturating at 255 */
 	uint8_t nlocs;
 };
 static_assert(sizeof(struct kvdex_record_hdr) == KVDEX_RECORD_HDR_SIZE, "record hdr");
@@ -251,8 +251,8 @@ int kvdex_hdr_check(const struct kvdex_region_hdr *hdr);
 /* Result of checking a bucket image against the reader's geometry. */
 enum kvdex_bucket_check {
 	KVDEX_BUCKET_OK = 0,
-	KVDEX_BUCKET_TORN,  /* checksum mismatch: re-read the bucket */
-	KVDEX_BUCKET_STALE, /* other table generation or retired: re-read header */
+	KVDEX_BUCKET_TORN,    /* checksum mismatch: re-read the bucket */
+	KVDEX_BUCKET_STALE,   /* other table generation or retired: re-read header */
 	KVDEX_BUCKET_CORRUPT, /* valid checksum but impossible contents */
 };
 
@@ -277,7 +277,7 @@ unsigned kvdex_record_max_holders(uint32_t bucket_size);
 struct kvdex_record_view {
 	struct kvdex_record_hdr hdr;
 	const struct kvdex_holder *holders; /* hdr.nholders entries */
-	const struct kvdex_loc *locs;       /* hdr.nlocs entries */
+	const struct kvdex_loc *locs;	    /* hdr.nlocs entries */
 	size_t size;
 };
 

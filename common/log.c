@@ -95,8 +95,7 @@ log_default_sink(int level, const char *component, const char *msg)
 }
 
 void
-kvdex_log_write(int level, const char *component, const char *func, int line, const char *fmt,
-		...)
+kvdex_log_write(int level, const char *component, const char *func, int line, const char *fmt, ...)
 {
 	char msg[1024];
 	va_list ap;

@@ -45,16 +45,16 @@ void kvdex_log_set_sink(kvdex_log_sink_fn fn, void *arg);
 /* Apply KVDEX_LOG_LEVEL from the environment, if set. */
 void kvdex_log_init_from_env(void);
 
-void kvdex_log_write(int level, const char *component, const char *func, int line,
-		     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void kvdex_log_write(int level, const char *component, const char *func, int line, const char *fmt,
+		     ...) __attribute__((format(printf, 5, 6)));
 
-#define KVDEX_LOG(lvl, comp, ...)                                                          \
-	do {                                                                               \
-		if ((lvl) <= kvdex_log_cur_level) {                                        \
-			int kvdex_saved_errno_ = errno;                                    \
-			kvdex_log_write((lvl), (comp), __func__, __LINE__, __VA_ARGS__);   \
-			errno = kvdex_saved_errno_;                                        \
-		}                                                                          \
+#define KVDEX_LOG(lvl, comp, ...)                                                                  \
+	do {                                                                                       \
+		if ((lvl) <= kvdex_log_cur_level) {                                                \
+			int kvdex_saved_errno_ = errno;                                            \
+			kvdex_log_write((lvl), (comp), __func__, __LINE__, __VA_ARGS__);           \
+			errno = kvdex_saved_errno_;                                                \
+		}                                                                                  \
 	} while (0)
 
 #define KVDEX_LOG_ERR(comp, ...) KVDEX_LOG(KVDEX_LOG_LVL_ERR, comp, __VA_ARGS__)
@@ -64,28 +64,28 @@ void kvdex_log_write(int level, const char *component, const char *func, int lin
 #ifdef KVDEX_DEBUG
 #define KVDEX_LOG_DEBUG(comp, ...) KVDEX_LOG(KVDEX_LOG_LVL_DEBUG, comp, __VA_ARGS__)
 #else
-#define KVDEX_LOG_DEBUG(comp, ...)                                                         \
-	do {                                                                               \
+#define KVDEX_LOG_DEBUG(comp, ...)                                                                 \
+	do {                                                                                       \
 	} while (0)
 #endif
 
 /* At most one message per call site every `secs` seconds. */
-#define KVDEX_LOG_RATELIMIT(lvl, secs, comp, ...)                                          \
-	do {                                                                               \
-		static time_t kvdex_rl_last_;                                              \
-		time_t kvdex_rl_now_ = time(NULL);                                         \
-		if ((lvl) <= kvdex_log_cur_level &&                                        \
-		    kvdex_rl_now_ - kvdex_rl_last_ >= (time_t)(secs)) {                    \
-			kvdex_rl_last_ = kvdex_rl_now_;                                    \
-			KVDEX_LOG(lvl, comp, __VA_ARGS__);                                 \
-		}                                                                          \
+#define KVDEX_LOG_RATELIMIT(lvl, secs, comp, ...)                                                  \
+	do {                                                                                       \
+		static time_t kvdex_rl_last_;                                                      \
+		time_t kvdex_rl_now_ = time(NULL);                                                 \
+		if ((lvl) <= kvdex_log_cur_level &&                                                \
+		    kvdex_rl_now_ - kvdex_rl_last_ >= (time_t)(secs)) {                            \
+			kvdex_rl_last_ = kvdex_rl_now_;                                            \
+			KVDEX_LOG(lvl, comp, __VA_ARGS__);                                         \
+		}                                                                                  \
 	} while (0)
 
 /* Daemon only: an impossible state. Logs and aborts. */
-#define KVDEX_DIE(comp, ...)                                                               \
-	do {                                                                               \
-		kvdex_log_write(KVDEX_LOG_LVL_ERR, (comp), __func__, __LINE__, __VA_ARGS__); \
-		abort();                                                                   \
+#define KVDEX_DIE(comp, ...)                                                                       \
+	do {                                                                                       \
+		kvdex_log_write(KVDEX_LOG_LVL_ERR, (comp), __func__, __LINE__, __VA_ARGS__);       \
+		abort();                                                                           \
 	} while (0)
 
 #ifdef __cplusplus

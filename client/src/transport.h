@@ -32,8 +32,8 @@ extern "C" {
 
 struct kvdex_endpoint {
 	enum kvdex_transport kind; /* SHM for unix:, TCP for host:port */
-	char name[128];            /* placement name (rendezvous identity) */
-	char path[108];            /* unix socket path */
+	char name[128];		   /* placement name (rendezvous identity) */
+	char path[108];		   /* unix socket path */
 	char host[256];
 	char port[16];
 };

@@ -76,11 +76,11 @@ struct kvdex_client_opts {
 	const char *servers;
 	/** Optional client config file (see docs/OPERATIONS.md). */
 	const char *config_path;
-	const char *auth_token;      /**< NULL: none */
+	const char *auth_token; /**< NULL: none */
 	enum kvdex_transport transport;
-	int timeout_ms;              /**< per exchange; default 2000 */
-	const char *client_name;     /**< shown in server logs */
-	uint64_t cluster_epoch;      /**< cluster map epoch; 0 = from config or 1 */
+	int timeout_ms;		 /**< per exchange; default 2000 */
+	const char *client_name; /**< shown in server logs */
+	uint64_t cluster_epoch;	 /**< cluster map epoch; 0 = from config or 1 */
 };
 
 /**
@@ -109,8 +109,7 @@ void kvdex_client_destroy(struct kvdex_client *c);
  * Context: any thread; blocks up to timeout_ms per server.
  * Ownership: the caller owns *out and releases it with kvdex_client_destroy().
  */
-int kvdex_client_create(const struct kvdex_client_opts *opts, struct kvdex_client **out)
-	KVDEX_DEALLOC(kvdex_client_destroy, 1);
+int kvdex_client_create(const struct kvdex_client_opts *opts, struct kvdex_client **out);
 
 /** Number of servers in the client's cluster map. Context: any. */
 unsigned kvdex_client_nservers(const struct kvdex_client *c);
@@ -129,9 +128,9 @@ const char *kvdex_client_last_error(const struct kvdex_client *c);
 /** A namespace: blocks of different namespaces never match each other. */
 struct kvdex_ns_desc {
 	const char *model;
-	const char *adapter;     /**< LoRA / adapter name, NULL or "" for none */
-	const char *tenant;      /**< NULL or "" for none */
-	uint32_t block_size;     /**< tokens per block */
+	const char *adapter;	 /**< LoRA / adapter name, NULL or "" for none */
+	const char *tenant;	 /**< NULL or "" for none */
+	uint32_t block_size;	 /**< tokens per block */
 	const char *hash_scheme; /**< e.g. "vllm:sha256_cbor:64"; NULL = "opaque" */
 };
 
@@ -207,18 +206,18 @@ enum kvdex_event_type {
 };
 
 #define KVDEX_EVF_SPECULATIVE 0x01u /**< STORED: a routing guess that expires */
-#define KVDEX_EVF_FUSED 0x02u       /**< STORED: lossy representative, no exact match */
-#define KVDEX_EVF_PARENT 0x04u      /**< parent is set */
-#define KVDEX_EVF_LOC 0x08u         /**< loc_addr / loc_len are set */
+#define KVDEX_EVF_FUSED 0x02u	    /**< STORED: lossy representative, no exact match */
+#define KVDEX_EVF_PARENT 0x04u	    /**< parent is set */
+#define KVDEX_EVF_LOC 0x08u	    /**< loc_addr / loc_len are set */
 
 /** One block event of a publisher (a worker's dp rank). */
 struct kvdex_event {
-	uint8_t type;      /**< enum kvdex_event_type */
-	uint8_t tier;      /**< enum kvdex_tier_id */
-	uint8_t flags;     /**< KVDEX_EVF_* */
+	uint8_t type;	   /**< enum kvdex_event_type */
+	uint8_t tier;	   /**< enum kvdex_tier_id */
+	uint8_t flags;	   /**< KVDEX_EVF_* */
 	uint8_t tier_mask; /**< ALL_CLEARED: bit per tier, 0 = all tiers */
-	uint32_t ns;       /**< handle from kvdex_ns_register() */
-	uint64_t key;      /**< the engine's 64-bit block hash */
+	uint32_t ns;	   /**< handle from kvdex_ns_register() */
+	uint64_t key;	   /**< the engine's 64-bit block hash */
 	uint64_t parent;   /**< parent block's key if KVDEX_EVF_PARENT */
 	uint64_t loc_addr; /**< opaque location if KVDEX_EVF_LOC */
 	uint32_t loc_len;
@@ -230,16 +229,16 @@ struct kvdex_publish_hdr {
 	uint32_t worker_id;
 	uint16_t dp_rank;
 	uint64_t incarnation; /**< new value = the publisher restarted: old entries purged */
-	uint64_t seq;         /**< batch number; each server expects last + 1 */
+	uint64_t seq;	      /**< batch number; each server expects last + 1 */
 };
 
 /** What the servers did with a batch, summed over servers. */
 struct kvdex_publish_result {
 	uint64_t applied;
 	uint64_t ignored;
-	bool duplicate;        /**< every server had already applied this seq */
-	bool gap;              /**< some server expected an earlier seq */
-	bool purged;           /**< some server purged an older incarnation */
+	bool duplicate;	       /**< every server had already applied this seq */
+	bool gap;	       /**< some server expected an earlier seq */
+	bool purged;	       /**< some server purged an older incarnation */
 	uint64_t expected_seq; /**< on a gap: the smallest seq a server expected */
 };
 
@@ -267,24 +266,24 @@ int kvdex_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
 struct kvdex_holding {
 	uint32_t worker_id;
 	uint16_t dp_rank;
-	uint16_t matched;                   /**< leading blocks held in some tier */
+	uint16_t matched;		    /**< leading blocks held in some tier */
 	uint16_t tier_blocks[KVDEX_NTIERS]; /**< of those, by fastest tier holding each */
-	uint16_t spec_blocks;               /**< of those, held only speculatively */
+	uint16_t spec_blocks;		    /**< of those, held only speculatively */
 	uint16_t reserved;
 };
 
 /** Lookup answer. Set holdings/cap before the call. */
 struct kvdex_lookup_result {
 	struct kvdex_holding *holdings; /**< caller's array, sorted best first */
-	uint32_t cap;                   /**< its capacity */
-	uint32_t nholdings;             /**< rows written (<= cap) */
-	uint32_t nholdings_total;       /**< rows found (may exceed cap) */
-	int32_t best;                   /**< index of the best row (0), or -1 */
-	uint32_t nblocks;               /**< blocks asked */
-	uint32_t longest;               /**< longest prefix held by one worker */
-	uint32_t fused;                 /**< chain position where only a fused block matched, or 0 */
-	uint32_t round_trips;           /**< read batches issued */
-	uint32_t retries;               /**< torn or stale images re-read */
+	uint32_t cap;			/**< its capacity */
+	uint32_t nholdings;		/**< rows written (<= cap) */
+	uint32_t nholdings_total;	/**< rows found (may exceed cap) */
+	int32_t best;			/**< index of the best row (0), or -1 */
+	uint32_t nblocks;		/**< blocks asked */
+	uint32_t longest;		/**< longest prefix held by one worker */
+	uint32_t fused;	      /**< chain position where only a fused block matched, or 0 */
+	uint32_t round_trips; /**< read batches issued */
+	uint32_t retries;     /**< torn or stale images re-read */
 };
 
 #define KVDEX_LOOKUP_NO_SPECULATIVE 0x01u /**< ignore speculative holders */
