@@ -1,0 +1,965 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Lookup: the read rounds (DESIGN §5 steps 1-4). merge.c does steps 5-6.
+ *
+ * A chain of n keys is looked up in batches of at most KVDEX_LOOKUP_BATCH.
+ * For one batch:
+ *   1. each key goes to its server (rendezvous) and to its home bucket under
+ *      that server's cached geometry; keys sharing a (server, home bucket)
+ *      share one bucket chain read;
+ *   2. a round posts, to every server concerned, the header plus one bucket
+ *      per unfinished chain (the home bucket, or the next overflow bucket),
+ *      then polls every server: one round trip per round;
+ *   3. the header is validated first. A torn header discards that server's
+ *      images of the round (they are re-read). A new incarnation (restart:
+ *      namespaces re-registered) or a new geometry (resize) restarts every
+ *      chain of that server under the new geometry;
+ *   4. each bucket image is checked: torn -> re-read the same bucket; stale
+ *      (other table_gen, retired, or out of the region) -> restart the chain
+ *      (the next round's header gives the new geometry); corrupt -> -EPROTO.
+ *      An overflow image must carry the home index as owner and the home
+ *      image's chain_seq, else the whole chain is re-read. A chain with
+ *      next != 0 continues in the next round (a dependent read).
+ * Torn and stale images count in `retries`; more than
+ * KVDEX_LOOKUP_MAX_RETRIES per lookup gives -EAGAIN: nothing unvalidated is
+ * ever returned. After the rounds, servers whose header shows a new
+ * workers_version (or whose rows were never read) get their worker rows
+ * re-read and validated; then the images are merged in chain order. The next
+ * batch runs only while some worker still holds every block so far.
+ *
+ * All read buffers are 64-byte aligned slots of one pool, reset per batch;
+ * images are referred to by slot index because the pool may move when it
+ * grows (only between rounds, never while reads are posted).
+ */
+#include "client/src/internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+#define LOG_COMP "client.lookup"
+#define OPS_PER_SRV (1u + KVDEX_LOOKUP_BATCH)
+#define ROWS_PER_OP 512u  /* 64 KiB of rows per read op (KVDEX_READ_MAX_LEN) */
+#define ROWS_MAX_OPS 512u /* KVDEX_READ_MAX_OPS */
+
+enum lk_state {
+	LK_HOME = 0, /* read the home bucket next */
+	LK_NEXT,     /* read overflow bucket next - 1 */
+	LK_DONE,
+};
+
+struct lk_chain {
+	unsigned srv;
+	uint32_t ns_id;
+	uint64_t key; /* first key mapped to this chain */
+	uint32_t home;
+	uint32_t chain_seq;
+	uint32_t next;
+	uint32_t len; /* images accepted so far */
+	enum lk_state state;
+};
+
+struct lk_img {
+	int chain; /* -1: discarded */
+	uint32_t slot;
+};
+
+struct kvdex_lookup_scratch {
+	unsigned nsrv;
+	size_t slot_size;
+	uint8_t *pool;
+	uint32_t nslots, capslots;
+	uint32_t ns;
+	struct lk_chain chains[KVDEX_LOOKUP_BATCH];
+	unsigned nchains;
+	unsigned key_chain[KVDEX_LOOKUP_BATCH];
+	unsigned key_srv[KVDEX_LOOKUP_BATCH];
+	struct lk_img *imgs;
+	unsigned nimgs, capimgs;
+	struct kvdex_read_op *ops; /* nsrv x OPS_PER_SRV */
+	int *op_chain;
+	uint32_t *op_slot;
+	unsigned *srv_nops;
+	struct kvdex_geometry *used_geo;
+	bool *srv_used;
+	struct kvdex_merge_srv *views;
+	const void **gather; /* images grouped by chain */
+	unsigned capgather;
+	unsigned cstart[KVDEX_LOOKUP_BATCH];
+	unsigned ccount[KVDEX_LOOKUP_BATCH];
+	struct kvdex_merge merge;
+};
+
+void
+kvdex_lookup_scratch_free(struct kvdex_lookup_scratch *lk)
+{
+	if (lk == NULL) {
+		return;
+	}
+	free(lk->pool);
+	free(lk->imgs);
+	free(lk->ops);
+	free(lk->op_chain);
+	free(lk->op_slot);
+	free(lk->srv_nops);
+	free(lk->used_geo);
+	free(lk->srv_used);
+	free(lk->views);
+	free(lk->gather);
+	kvdex_merge_fini(&lk->merge);
+	free(lk);
+}
+
+static struct kvdex_lookup_scratch *
+lk_get(struct kvdex_client *c)
+{
+	struct kvdex_lookup_scratch *lk = c->lk;
+	unsigned n = c->nsrv;
+
+	if (lk != NULL) {
+		return lk;
+	}
+	lk = calloc(1, sizeof(*lk));
+	if (lk == NULL) {
+		return NULL;
+	}
+	lk->nsrv = n;
+	lk->slot_size = KVDEX_BUCKET_SIZE_MAX;
+	lk->ops = calloc(n * OPS_PER_SRV, sizeof(*lk->ops));
+	lk->op_chain = calloc(n * OPS_PER_SRV, sizeof(*lk->op_chain));
+	lk->op_slot = calloc(n * OPS_PER_SRV, sizeof(*lk->op_slot));
+	lk->srv_nops = calloc(n, sizeof(*lk->srv_nops));
+	lk->used_geo = calloc(n, sizeof(*lk->used_geo));
+	lk->srv_used = calloc(n, sizeof(*lk->srv_used));
+	lk->views = calloc(n, sizeof(*lk->views));
+	if (lk->ops == NULL || lk->op_chain == NULL || lk->op_slot == NULL ||
+	    lk->srv_nops == NULL || lk->used_geo == NULL || lk->srv_used == NULL ||
+	    lk->views == NULL) {
+		kvdex_lookup_scratch_free(lk);
+		return NULL;
+	}
+	c->lk = lk;
+	return lk;
+}
+
+static void *
+lk_slot_ptr(struct kvdex_lookup_scratch *lk, uint32_t slot)
+{
+	return lk->pool + (size_t)slot * lk->slot_size;
+}
+
+/* A new slot; may move the pool (callers re-derive pointers afterwards). */
+static int
+lk_slot_alloc(struct kvdex_lookup_scratch *lk, uint32_t *slot)
+{
+	if (lk->nslots == lk->capslots) {
+		uint32_t ncap = lk->capslots != 0 ? lk->capslots * 2 : 128;
+		uint8_t *np = kvdex_aligned_alloc((size_t)ncap * lk->slot_size);
+
+		if (np == NULL) {
+			return -ENOMEM;
+		}
+		if (lk->pool != NULL) {
+			memcpy(np, lk->pool, (size_t)lk->nslots * lk->slot_size);
+			free(lk->pool);
+		}
+		lk->pool = np;
+		lk->capslots = ncap;
+	}
+	*slot = lk->nslots++;
+	return 0;
+}
+
+static int
+lk_img_add(struct kvdex_lookup_scratch *lk, int chain, uint32_t slot)
+{
+	if (lk->nimgs == lk->capimgs) {
+		unsigned ncap = lk->capimgs != 0 ? lk->capimgs * 2 : 128;
+		struct lk_img *n = realloc(lk->imgs, ncap * sizeof(*n));
+
+		if (n == NULL) {
+			return -ENOMEM;
+		}
+		lk->imgs = n;
+		lk->capimgs = ncap;
+	}
+	lk->imgs[lk->nimgs].chain = chain;
+	lk->imgs[lk->nimgs].slot = slot;
+	lk->nimgs++;
+	return 0;
+}
+
+/* ---- Headers and rows ------------------------------------------------------- */
+
+static int
+hdr_sane(const struct kvdex_region_hdr *h)
+{
+	uint64_t home_end = h->table_off + ((uint64_t)1 << h->table_log2) * h->bucket_size;
+	uint64_t ov_end = h->overflow_off + (uint64_t)h->overflow_count * h->bucket_size;
+	uint64_t rows_end = h->workers_off + (uint64_t)h->workers_hwm * KVDEX_ROW_SIZE;
+
+	if (h->workers_hwm > h->workers_cap || home_end > h->region_size ||
+	    ov_end > h->region_size || rows_end > h->region_size ||
+	    (h->table_off % KVDEX_CACHE_LINE) != 0 || (h->overflow_off % KVDEX_CACHE_LINE) != 0) {
+		return -EPROTO;
+	}
+	return 0;
+}
+
+static bool
+geo_equal(const struct kvdex_geometry *a, const struct kvdex_geometry *b)
+{
+	return a->hash_seed == b->hash_seed && a->table_off == b->table_off &&
+	       a->overflow_off == b->overflow_off && a->table_log2 == b->table_log2 &&
+	       a->table_gen == b->table_gen && a->overflow_count == b->overflow_count &&
+	       a->bucket_size == b->bucket_size;
+}
+
+/*
+ * Adopt a validated header for server i. *reset is set when images read
+ * under the previous geometry (or incarnation) must not be used.
+ */
+static int
+lk_apply_hdr(struct kvdex_client *c, unsigned i, const struct kvdex_region_hdr *h,
+	     const struct kvdex_geometry *used, bool *reset)
+{
+	struct kvdex_server *s = &c->srv[i];
+	struct kvdex_geometry g;
+	int rc;
+
+	*reset = false;
+	if (hdr_sane(h) < 0) {
+		kvdex_client_set_error(c, "server %s: impossible region header", s->ep.name);
+		return -EPROTO;
+	}
+	if (s->incarnation != 0 && h->server_incarnation != s->incarnation) {
+		rc = kvdex_client_server_restarted(c, i, h->server_incarnation);
+		if (rc < 0) {
+			return rc;
+		}
+		*reset = true;
+	}
+	s->incarnation = h->server_incarnation;
+	kvdex_geometry_from_hdr(h, &g);
+	if (used != NULL && !geo_equal(&g, used)) {
+		*reset = true;
+	}
+	s->hdr = *h;
+	s->geo = g;
+	s->have_hdr = true;
+	return 0;
+}
+
+static int
+lk_read(struct kvdex_client *c, unsigned i, struct kvdex_read_op *ops, unsigned n)
+{
+	struct kvdex_conn *conn = c->srv[i].conn;
+	int rc;
+
+	if (conn == NULL) {
+		return -ECONNRESET;
+	}
+	rc = conn->ops->post_reads(conn, ops, n);
+	if (rc == 0) {
+		rc = conn->ops->poll_reads(conn, c->timeout_ms);
+	}
+	if (rc < 0) {
+		kvdex_client_set_error(c, "server %s: read failed: %s", c->srv[i].ep.name,
+				       strerror(-rc));
+		kvdex_client_drop_conn(c, i);
+	}
+	return rc;
+}
+
+static int
+rows_reserve(struct kvdex_server *s, uint32_t n)
+{
+	struct kvdex_worker_row *r;
+
+	if (n <= s->rows_cap) {
+		return 0;
+	}
+	r = kvdex_aligned_alloc((size_t)n * KVDEX_ROW_SIZE);
+	if (r == NULL) {
+		return -ENOMEM;
+	}
+	free(s->rows);
+	s->rows = r;
+	s->rows_cap = n;
+	s->rows_valid = false;
+	return 0;
+}
+
+/* A row never written by the server is all zeroes: it cannot validate. */
+static bool
+row_is_blank(const struct kvdex_worker_row *r)
+{
+	static const struct kvdex_worker_row zero;
+
+	return memcmp(r, &zero, sizeof(*r)) == 0;
+}
+
+/* Build read ops for rows still needed: runs of consecutive rows. */
+static unsigned
+rows_plan(struct kvdex_server *s, const uint8_t *need, uint32_t hwm, struct kvdex_read_op *ops)
+{
+	unsigned nops = 0;
+	uint32_t r = 0;
+
+	while (r < hwm && nops < ROWS_MAX_OPS) {
+		uint32_t start;
+
+		if (!need[r]) {
+			r++;
+			continue;
+		}
+		start = r;
+		while (r < hwm && need[r] && r - start < ROWS_PER_OP) {
+			r++;
+		}
+		ops[nops].off = kvdex_row_offset(&s->hdr, start);
+		ops[nops].len = (r - start) * KVDEX_ROW_SIZE;
+		ops[nops].buf = &s->rows[start];
+		ops[nops].status = 0;
+		nops++;
+	}
+	return nops;
+}
+
+/* Validate the rows of one completed op; returns how many were torn. */
+static unsigned
+rows_check(struct kvdex_server *s, const struct kvdex_read_op *op, uint8_t *need)
+{
+	uint32_t first = (uint32_t)((op->off - s->hdr.workers_off) / KVDEX_ROW_SIZE);
+	uint32_t cnt = op->len / KVDEX_ROW_SIZE;
+	unsigned torn = 0;
+
+	for (uint32_t r = first; r < first + cnt; r++) {
+		uint64_t off = kvdex_row_offset(&s->hdr, r);
+
+		if (op->status == 0 && (kvdex_row_check(&s->rows[r], s->hdr.hash_seed, off) == 0 ||
+					row_is_blank(&s->rows[r]))) {
+			need[r] = 0;
+		} else {
+			torn++;
+		}
+	}
+	return torn;
+}
+
+static int
+rows_refresh(struct kvdex_client *c, unsigned i, uint32_t *rt, uint32_t *retries)
+{
+	struct kvdex_server *s = &c->srv[i];
+	uint32_t hwm = s->hdr.workers_hwm;
+	struct kvdex_read_op *ops;
+	uint8_t *need;
+	unsigned left = hwm;
+	int rc = 0;
+
+	if (rows_reserve(s, hwm) < 0) {
+		return -ENOMEM;
+	}
+	need = malloc(hwm + 1u);
+	ops = calloc(ROWS_MAX_OPS, sizeof(*ops));
+	if (need == NULL || ops == NULL) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	memset(need, 1, hwm);
+	while (left > 0) {
+		unsigned nops = rows_plan(s, need, hwm, ops);
+
+		rc = lk_read(c, i, ops, nops);
+		if (rc < 0) {
+			goto out;
+		}
+		(*rt)++;
+		for (unsigned k = 0; k < nops; k++) {
+			unsigned torn = rows_check(s, &ops[k], need);
+
+			*retries += torn;
+		}
+		left = 0;
+		for (uint32_t r = 0; r < hwm; r++) {
+			left += need[r];
+		}
+		if (*retries > KVDEX_LOOKUP_MAX_RETRIES) {
+			kvdex_client_set_error(c, "server %s: worker rows kept failing validation",
+					       s->ep.name);
+			rc = -EAGAIN;
+			goto out;
+		}
+	}
+	s->nrows = hwm;
+	s->rows_version = s->hdr.workers_version;
+	s->rows_valid = true;
+out:
+	free(need);
+	free(ops);
+	return rc;
+}
+
+static bool
+rows_stale(const struct kvdex_server *s)
+{
+	return !s->rows_valid || s->rows_version != s->hdr.workers_version ||
+	       s->nrows != s->hdr.workers_hwm;
+}
+
+int
+kvdex_lookup_refresh_server(struct kvdex_client *c, unsigned i, uint32_t *round_trips,
+			    uint32_t *retries)
+{
+	struct kvdex_region_hdr hdr __attribute__((aligned(64)));
+	struct kvdex_read_op op = {.off = 0, .len = KVDEX_HDR_SIZE, .buf = &hdr};
+	uint32_t rt = 0, rty = 0;
+	bool reset;
+	int rc;
+
+	uint32_t *prt = round_trips != NULL ? round_trips : &rt;
+	uint32_t *prty = retries != NULL ? retries : &rty;
+
+	for (;;) {
+		rc = lk_read(c, i, &op, 1);
+		if (rc < 0) {
+			return rc;
+		}
+		(*prt)++;
+		rc = op.status < 0 ? op.status : kvdex_hdr_check(&hdr);
+		if (rc == 0) {
+			break;
+		}
+		if (rc != -EAGAIN || ++(*prty) > KVDEX_LOOKUP_MAX_RETRIES) {
+			kvdex_client_set_error(c, "server %s: cannot read a valid region header",
+					       c->srv[i].ep.name);
+			return rc == -EAGAIN ? -EAGAIN : -EPROTO;
+		}
+	}
+	rc = lk_apply_hdr(c, i, &hdr, NULL, &reset);
+	if (rc < 0) {
+		return rc;
+	}
+	if (rows_stale(&c->srv[i])) {
+		return rows_refresh(c, i, prt, prty);
+	}
+	return 0;
+}
+
+/* ---- Chains ------------------------------------------------------------------- */
+
+static void
+lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned idx)
+{
+	struct lk_chain *ch = &lk->chains[idx];
+	const struct kvdex_server *s = &c->srv[ch->srv];
+
+	for (unsigned k = 0; k < lk->nimgs; k++) {
+		if (lk->imgs[k].chain == (int)idx) {
+			lk->imgs[k].chain = -1;
+		}
+	}
+	ch->ns_id = c->ns[lk->ns].ids[ch->srv];
+	ch->len = 0;
+	ch->next = 0;
+	if (ch->ns_id == KVDEX_NS_NONE) {
+		ch->state = LK_DONE;
+		return;
+	}
+	ch->home = kvdex_home_index(&s->geo, (uint16_t)ch->ns_id, ch->key);
+	ch->state = LK_HOME;
+}
+
+static void
+lk_reset_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned srv)
+{
+	for (unsigned k = 0; k < lk->nchains; k++) {
+		if (lk->chains[k].srv == srv) {
+			lk_chain_reset(c, lk, k);
+		}
+	}
+}
+
+/* Map the batch's keys to servers and chains. */
+static void
+lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, unsigned n)
+{
+	const struct kvdex_client_ns *ns = &c->ns[lk->ns];
+	size_t slot = KVDEX_HDR_SIZE;
+
+	/* Slots as large as the largest bucket of the servers concerned. */
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		if (lk->srv_used[s] && c->srv[s].geo.bucket_size > slot) {
+			slot = c->srv[s].geo.bucket_size;
+		}
+	}
+	if (slot != lk->slot_size) {
+		free(lk->pool);
+		lk->pool = NULL;
+		lk->capslots = 0;
+		lk->slot_size = slot;
+	}
+	lk->nchains = 0;
+	lk->nimgs = 0;
+	lk->nslots = 0;
+	for (unsigned k = 0; k < n; k++) {
+		unsigned srv = lk->key_srv[k];
+		uint32_t ns_id = ns->ids[srv];
+		uint32_t home = 0;
+		unsigned ci;
+
+		if (ns_id != KVDEX_NS_NONE) {
+			home = kvdex_home_index(&c->srv[srv].geo, (uint16_t)ns_id, keys[k]);
+		}
+		for (ci = 0; ci < lk->nchains; ci++) {
+			const struct lk_chain *ch = &lk->chains[ci];
+
+			if (ch->srv == srv && ch->home == home && ch->ns_id == ns_id) {
+				break;
+			}
+		}
+		if (ci == lk->nchains) {
+			struct lk_chain *ch = &lk->chains[lk->nchains++];
+
+			memset(ch, 0, sizeof(*ch));
+			ch->srv = srv;
+			ch->ns_id = ns_id;
+			ch->key = keys[k];
+			ch->home = home;
+			ch->state = ns_id == KVDEX_NS_NONE ? LK_DONE : LK_HOME;
+		}
+		lk->key_chain[k] = ci;
+	}
+}
+
+/* ---- Rounds --------------------------------------------------------------------- */
+
+static int
+lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s)
+{
+	unsigned base = s * OPS_PER_SRV;
+	unsigned n = 0;
+	int rc;
+
+	lk->srv_nops[s] = 0;
+	for (unsigned k = 0; k < lk->nchains; k++) {
+		const struct lk_chain *ch = &lk->chains[k];
+		const struct kvdex_geometry *g = &c->srv[s].geo;
+
+		if (ch->srv != s || ch->state == LK_DONE) {
+			continue;
+		}
+		if (n == 0) {
+			/* The header rides in every round of a server. */
+			rc = lk_slot_alloc(lk, &lk->op_slot[base]);
+			if (rc < 0) {
+				return rc;
+			}
+			lk->op_chain[base] = -1;
+			lk->ops[base].off = 0;
+			lk->ops[base].len = KVDEX_HDR_SIZE;
+			n = 1;
+		}
+		rc = lk_slot_alloc(lk, &lk->op_slot[base + n]);
+		if (rc < 0) {
+			return rc;
+		}
+		lk->op_chain[base + n] = (int)k;
+		lk->ops[base + n].off = ch->state == LK_HOME
+						? kvdex_home_offset(g, ch->home)
+						: kvdex_overflow_offset(g, ch->next - 1);
+		lk->ops[base + n].len = g->bucket_size;
+		n++;
+	}
+	lk->srv_nops[s] = n;
+	lk->used_geo[s] = c->srv[s].geo;
+	return 0;
+}
+
+/* Accept one validated bucket image into its chain. */
+static int
+lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot,
+	  uint32_t *retries)
+{
+	struct lk_chain *ch = &lk->chains[ci];
+	const struct kvdex_geometry *g = &lk->used_geo[ch->srv];
+	struct kvdex_bucket_hdr bh;
+	int rc;
+
+	memcpy(&bh, lk_slot_ptr(lk, slot), sizeof(bh));
+	if (ch->state == LK_NEXT && (bh.owner != ch->home || bh.chain_seq != ch->chain_seq)) {
+		/* The chain changed between round trips: read it again. */
+		(*retries)++;
+		lk_chain_reset(c, lk, ci);
+		return 0;
+	}
+	if (ch->state == LK_HOME) {
+		ch->chain_seq = bh.chain_seq;
+	}
+	rc = lk_img_add(lk, (int)ci, slot);
+	if (rc < 0) {
+		return rc;
+	}
+	ch->len++;
+	if (bh.next == 0) {
+		ch->state = LK_DONE;
+		return 0;
+	}
+	if (ch->len > g->overflow_count) {
+		kvdex_client_set_error(c, "server %s: overflow chain loops",
+				       c->srv[ch->srv].ep.name);
+		return -EPROTO;
+	}
+	ch->state = LK_NEXT;
+	ch->next = bh.next;
+	return 0;
+}
+
+static int
+lk_check_bucket(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned op,
+		uint32_t *retries)
+{
+	const struct kvdex_read_op *o = &lk->ops[op];
+	unsigned ci = (unsigned)lk->op_chain[op];
+	unsigned s = lk->chains[ci].srv;
+
+	if (o->status == -ERANGE) {
+		/* Outside the region we know: the geometry is stale. */
+		(*retries)++;
+		lk_chain_reset(c, lk, ci);
+		return 0;
+	}
+	if (o->status < 0) {
+		return o->status;
+	}
+	switch (kvdex_bucket_check(lk_slot_ptr(lk, lk->op_slot[op]), &lk->used_geo[s], o->off)) {
+	case KVDEX_BUCKET_OK:
+		return lk_accept(c, lk, ci, lk->op_slot[op], retries);
+	case KVDEX_BUCKET_TORN:
+		(*retries)++; /* same bucket again next round */
+		return 0;
+	case KVDEX_BUCKET_STALE:
+		(*retries)++;
+		lk_chain_reset(c, lk, ci);
+		return 0;
+	case KVDEX_BUCKET_CORRUPT:
+	default:
+		kvdex_client_set_error(c, "server %s: corrupt bucket at offset %llu",
+				       c->srv[s].ep.name, (unsigned long long)o->off);
+		return -EPROTO;
+	}
+}
+
+static int
+lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s,
+		  uint32_t *retries)
+{
+	unsigned base = s * OPS_PER_SRV;
+	const struct kvdex_region_hdr *hdr = lk_slot_ptr(lk, lk->op_slot[base]);
+	bool reset;
+	int rc;
+
+	if (lk->ops[base].status < 0) {
+		return lk->ops[base].status == -ERANGE ? -EPROTO : lk->ops[base].status;
+	}
+	rc = kvdex_hdr_check(hdr);
+	if (rc == -EAGAIN) {
+		(*retries)++; /* every image of this server is read again */
+		return 0;
+	}
+	if (rc < 0) {
+		kvdex_client_set_error(c, "server %s: not a kvdex region", c->srv[s].ep.name);
+		return rc;
+	}
+	rc = lk_apply_hdr(c, s, hdr, &lk->used_geo[s], &reset);
+	if (rc < 0) {
+		return rc;
+	}
+	if (reset) {
+		(*retries)++;
+		lk_reset_server(c, lk, s);
+		return 0;
+	}
+	for (unsigned k = 1; k < lk->srv_nops[s]; k++) {
+		rc = lk_check_bucket(c, lk, base + k, retries);
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	return 0;
+}
+
+static int
+lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, uint32_t *retries)
+{
+	int rc;
+
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		rc = lk_plan_server(c, lk, s);
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	/* The pool no longer moves: point the ops at their slots and post. */
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		unsigned base = s * OPS_PER_SRV;
+
+		for (unsigned k = 0; k < lk->srv_nops[s]; k++) {
+			lk->ops[base + k].buf = lk_slot_ptr(lk, lk->op_slot[base + k]);
+		}
+		if (lk->srv_nops[s] > 0) {
+			struct kvdex_conn *conn = c->srv[s].conn;
+
+			rc = conn != NULL
+				     ? conn->ops->post_reads(conn, &lk->ops[base], lk->srv_nops[s])
+				     : -ECONNRESET;
+			if (rc < 0) {
+				kvdex_client_drop_conn(c, s);
+				return rc;
+			}
+		}
+	}
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		if (lk->srv_nops[s] > 0) {
+			rc = c->srv[s].conn->ops->poll_reads(c->srv[s].conn, c->timeout_ms);
+			if (rc < 0) {
+				kvdex_client_set_error(c, "server %s: read failed: %s",
+						       c->srv[s].ep.name, strerror(-rc));
+				kvdex_client_drop_conn(c, s);
+				return rc;
+			}
+		}
+	}
+	(*rt)++;
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		if (lk->srv_nops[s] > 0) {
+			rc = lk_process_server(c, lk, s, retries);
+			if (rc < 0) {
+				return rc;
+			}
+		}
+	}
+	if (*retries > KVDEX_LOOKUP_MAX_RETRIES) {
+		kvdex_client_set_error(c, "images kept failing validation (%u retries)", *retries);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+static bool
+lk_pending(const struct kvdex_lookup_scratch *lk)
+{
+	for (unsigned k = 0; k < lk->nchains; k++) {
+		if (lk->chains[k].state != LK_DONE) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* ---- Batches ---------------------------------------------------------------------- */
+
+/* Connect the servers the batch needs and make sure their geometry is known. */
+static int
+lk_prepare(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys,
+	   unsigned n, uint32_t *rt, uint32_t *retries)
+{
+	const struct kvdex_client_ns *ns = &c->ns[lk->ns];
+	int rc;
+
+	memset(lk->srv_used, 0, c->nsrv * sizeof(*lk->srv_used));
+	for (unsigned k = 0; k < n; k++) {
+		lk->key_srv[k] = kvdex_place(c->seeds, c->nsrv, ns->ns_hash, keys[k]);
+		lk->srv_used[lk->key_srv[k]] = true;
+	}
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		if (!lk->srv_used[s]) {
+			continue;
+		}
+		rc = kvdex_client_ensure_conn(c, s);
+		if (rc == 0 && !c->srv[s].have_hdr) {
+			rc = kvdex_lookup_refresh_server(c, s, rt, retries);
+		}
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Group the accepted images by chain, keeping their order (home first):
+ * gather[cstart[ci] .. cstart[ci] + ccount[ci]) are chain ci's images.
+ */
+static int
+lk_group(struct kvdex_lookup_scratch *lk)
+{
+	unsigned pos = 0;
+
+	if (lk->capgather < lk->nimgs) {
+		const void **g = realloc(lk->gather, lk->nimgs * sizeof(*g));
+
+		if (g == NULL) {
+			return -ENOMEM;
+		}
+		lk->gather = g;
+		lk->capgather = lk->nimgs;
+	}
+	memset(lk->ccount, 0, sizeof(lk->ccount));
+	for (unsigned k = 0; k < lk->nimgs; k++) {
+		if (lk->imgs[k].chain >= 0) {
+			lk->ccount[lk->imgs[k].chain]++;
+		}
+	}
+	for (unsigned ci = 0; ci < lk->nchains; ci++) {
+		lk->cstart[ci] = pos;
+		pos += lk->ccount[ci];
+		lk->ccount[ci] = 0;
+	}
+	for (unsigned k = 0; k < lk->nimgs; k++) {
+		int ci = lk->imgs[k].chain;
+
+		if (ci >= 0) {
+			lk->gather[lk->cstart[ci] + lk->ccount[ci]++] =
+				lk_slot_ptr(lk, lk->imgs[k].slot);
+		}
+	}
+	return 0;
+}
+
+static int
+lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys,
+	       unsigned n)
+{
+	int rc;
+
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		struct kvdex_merge_srv *v = &lk->views[s];
+
+		v->rows = c->srv[s].rows;
+		v->nrows = c->srv[s].rows_valid ? c->srv[s].nrows : 0;
+		v->now_ticks = c->srv[s].hdr.clock_ticks;
+		v->bucket_size = c->srv[s].geo.bucket_size;
+		v->ns_id = c->ns[lk->ns].ids[s];
+	}
+	rc = lk_group(lk);
+	if (rc < 0) {
+		return rc;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		struct kvdex_merge_block b;
+		unsigned ci = lk->key_chain[k];
+
+		b.key = keys[k];
+		b.srv = &lk->views[lk->chains[ci].srv];
+		b.imgs = lk->gather + lk->cstart[ci];
+		b.nimgs = lk->ccount[ci];
+		rc = kvdex_merge_add(&lk->merge, &b);
+		if (rc < 0) {
+			if (rc == -EPROTO) {
+				kvdex_client_set_error(c, "server %s: malformed record",
+						       c->srv[lk->chains[ci].srv].ep.name);
+			}
+			return rc;
+		}
+		if (!kvdex_merge_alive(&lk->merge)) {
+			break;
+		}
+	}
+	return 0;
+}
+
+static int
+lk_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, unsigned n,
+	 uint32_t *rt, uint32_t *retries)
+{
+	int rc;
+
+	rc = lk_prepare(c, lk, keys, n, rt, retries);
+	if (rc < 0) {
+		return rc;
+	}
+	lk_plan(c, lk, keys, n);
+	while (lk_pending(lk)) {
+		rc = lk_round(c, lk, rt, retries);
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		if (lk->srv_used[s] && rows_stale(&c->srv[s])) {
+			rc = rows_refresh(c, s, rt, retries);
+			if (rc < 0) {
+				return rc;
+			}
+		}
+	}
+	return lk_merge_batch(c, lk, keys, n);
+}
+
+static int
+lk_run(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, size_t n,
+       unsigned flags, uint32_t *rt, uint32_t *retries)
+{
+	int rc = 0;
+
+	kvdex_merge_fini(&lk->merge);
+	kvdex_merge_init(&lk->merge, flags);
+	for (size_t off = 0; off < n && kvdex_merge_alive(&lk->merge); off += KVDEX_LOOKUP_BATCH) {
+		size_t cnt = n - off < KVDEX_LOOKUP_BATCH ? n - off : KVDEX_LOOKUP_BATCH;
+
+		rc = lk_batch(c, lk, keys + off, (unsigned)cnt, rt, retries);
+		if (rc < 0) {
+			break;
+		}
+	}
+	return rc;
+}
+
+KVDEX_EXPORT int
+kvdex_lookup(struct kvdex_client *c, uint32_t ns, const uint64_t *keys, size_t n, unsigned flags,
+	     struct kvdex_lookup_result *res)
+{
+	struct kvdex_lookup_scratch *lk;
+	uint32_t rt = 0, retries = 0;
+	int rc = 0;
+
+	if (c == NULL || res == NULL || keys == NULL || n == 0 || n > UINT32_MAX ||
+	    (res->cap > 0 && res->holdings == NULL)) {
+		return -EINVAL;
+	}
+	c->last_error[0] = '\0';
+	res->nholdings = 0;
+	res->nholdings_total = 0;
+	res->best = -1;
+	res->longest = 0;
+	res->fused = 0;
+	res->nblocks = (uint32_t)n;
+	if (ns >= c->nns) {
+		kvdex_client_set_error(c, "bad namespace handle %u", ns);
+		return -EINVAL;
+	}
+	lk = lk_get(c);
+	if (lk == NULL) {
+		return -ENOMEM;
+	}
+	lk->ns = ns;
+	for (int attempt = 0; attempt < 2; attempt++) {
+		rc = lk_run(c, lk, keys, n, flags, &rt, &retries);
+		/* A lost connection (server restart): reconnect once and redo the
+		 * whole lookup; reads have no side effects. */
+		if (rc != -ECONNRESET || c->no_reconnect) {
+			break;
+		}
+		c->last_error[0] = '\0';
+	}
+	if (rc == 0) {
+		kvdex_merge_finish(&lk->merge, res);
+	}
+	res->round_trips = rt;
+	res->retries = retries;
+	kvdex_merge_fini(&lk->merge);
+	return rc;
+}
