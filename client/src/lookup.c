@@ -12,8 +12,8 @@
  *      then polls every server: one round trip per round;
  *   3. the header is validated first. A torn header discards that server's
  *      images of the round (they are re-read). A new incarnation (restart:
- *      namespaces re-registered) or a new geometry (resize) restarts every
- *      chain of that server under the new geometry;
+ *      namespaces re-registered) or a new geometry (resize) plans the whole
+ *      batch again: keys that shared a bucket need not share one any more;
  *   4. each bucket image is checked: torn -> re-read the same bucket; stale
  *      (other table_gen, retired, or out of the region) -> restart the chain
  *      (the next round's header gives the new geometry); corrupt -> -EPROTO.
@@ -472,16 +472,6 @@ lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 	ch->state = LK_HOME;
 }
 
-static void
-lk_reset_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned srv)
-{
-	for (unsigned k = 0; k < lk->nchains; k++) {
-		if (lk->chains[k].srv == srv) {
-			lk_chain_reset(c, lk, k);
-		}
-	}
-}
-
 /* Map the batch's keys to servers and chains. */
 static void
 lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, unsigned n)
@@ -652,6 +642,8 @@ lk_check_bucket(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigne
 	}
 }
 
+/* Validate server s's header and images of this round: 0, 1 (geometry or
+ * incarnation changed: plan the batch again) or a negative errno. */
 static int
 lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s,
 		  uint32_t *retries)
@@ -678,9 +670,10 @@ lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsig
 		return rc;
 	}
 	if (reset) {
+		/* Keys that shared a bucket under the old geometry need not share
+		 * one now (nor keep their ns id after a restart): plan again. */
 		(*retries)++;
-		lk_reset_server(c, lk, s);
-		return 0;
+		return 1;
 	}
 	for (unsigned k = 1; k < lk->srv_nops[s]; k++) {
 		rc = lk_check_bucket(c, lk, base + k, retries);
@@ -691,9 +684,13 @@ lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsig
 	return 0;
 }
 
+/* One round trip to every server with pending chains. Returns 1 when a
+ * server's geometry or incarnation changed and the batch must be planned
+ * again, 0 otherwise, or a negative errno. */
 static int
 lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, uint32_t *retries)
 {
+	bool replan = false;
 	int rc;
 
 	for (unsigned s = 0; s < c->nsrv; s++) {
@@ -739,13 +736,14 @@ lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, 
 			if (rc < 0) {
 				return rc;
 			}
+			replan |= rc == 1;
 		}
 	}
 	if (*retries > KVDEX_LOOKUP_MAX_RETRIES) {
 		kvdex_client_set_error(c, "images kept failing validation (%u retries)", *retries);
 		return -EAGAIN;
 	}
-	return 0;
+	return replan ? 1 : 0;
 }
 
 static bool
@@ -886,6 +884,9 @@ lk_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t
 		rc = lk_round(c, lk, rt, retries);
 		if (rc < 0) {
 			return rc;
+		}
+		if (rc == 1) {
+			lk_plan(c, lk, keys, n);
 		}
 	}
 	for (unsigned s = 0; s < c->nsrv; s++) {

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+#
+# Install the Debian packages kvdex needs to build and test, skipping the ones
+# already installed. Idempotent; needs root (or sudo) only when something is
+# missing. Debian 12 (bookworm) is the reference system.
+#
+#   deploy/install-deps.sh [--dry-run] [--with GROUP]...
+#
+# Groups: "base" (always: build + unit/integration tests). Later issues add
+# groups (e.g. "rdma-vm" for the Soft-RoCE VM suite) to PKG_GROUPS below.
+set -euo pipefail
+
+declare -A PKG_GROUPS=(
+    [base]="build-essential meson ninja-build pkg-config libibverbs-dev librdmacm-dev
+            liburcu-dev libprotobuf-c-dev protobuf-c-compiler libcriterion-dev
+            libxxhash-dev python3"
+)
+
+usage() {
+    echo "usage: $0 [--dry-run] [--with GROUP]...  (groups: ${!PKG_GROUPS[*]})" >&2
+    exit 2
+}
+
+dry_run=0
+want=(base)
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --dry-run) dry_run=1 ;;
+    --with)
+        [[ $# -ge 2 && -n "${PKG_GROUPS[$2]+x}" ]] || usage
+        want+=("$2")
+        shift
+        ;;
+    -h | --help) usage ;;
+    *) usage ;;
+    esac
+    shift
+done
+
+installed() {
+    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
+}
+
+missing=()
+for g in "${want[@]}"; do
+    for p in ${PKG_GROUPS[$g]}; do
+        installed "$p" || missing+=("$p")
+    done
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "install-deps: all packages present (${want[*]})"
+    exit 0
+fi
+echo "install-deps: installing: ${missing[*]}"
+if [[ $dry_run -eq 1 ]]; then
+    exit 0
+fi
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || {
+        echo "install-deps: not root and no sudo" >&2
+        exit 1
+    }
+    sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update
+"${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
