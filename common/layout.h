@@ -94,7 +94,11 @@ struct kvdex_region_hdr {
 	uint32_t clock_ticks;	  /* coarse clock, KVDEX_TICKS_PER_SEC */
 	uint64_t clock_base_ms;	  /* unix time (ms) at tick 0 */
 	uint64_t records;	  /* informational */
-	uint8_t reserved[128 - 112];
+	/* verbs: the memory region readers use now (common/verbs_wire.h);
+	 * zero when the server has no RDMA listener */
+	uint64_t mr_addr;
+	uint32_t mr_rkey;
+	uint32_t mr_gen; /* bumped at every re-registration */
 };
 static_assert(sizeof(struct kvdex_region_hdr) == KVDEX_HDR_SIZE, "header size");
 

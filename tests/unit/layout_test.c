@@ -61,7 +61,9 @@ Test(layout, region_hdr_offsets)
 	OFF(struct kvdex_region_hdr, clock_ticks, 92);
 	OFF(struct kvdex_region_hdr, clock_base_ms, 96);
 	OFF(struct kvdex_region_hdr, records, 104);
-	OFF(struct kvdex_region_hdr, reserved, 112);
+	OFF(struct kvdex_region_hdr, mr_addr, 112);
+	OFF(struct kvdex_region_hdr, mr_rkey, 120);
+	OFF(struct kvdex_region_hdr, mr_gen, 124);
 }
 
 /* 3. Worker row offsets. */
