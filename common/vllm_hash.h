@@ -25,9 +25,10 @@
  * cache salt (block 0 only, when non-empty), and the SHA-256 of the block's prompt
  * embeddings.
  *
- * The reference is docs/research "vllm-interop.md" part A; tests/hash/gen_vectors.py
- * rebuilds the same values with Python's own pickle, cbor2, hashlib and xxhash, and the
- * 'hash' test suite checks this code against them byte for byte.
+ * Source of truth: vLLM's vllm/v1/core/kv_cache_utils.py and vllm/utils/hashing.py.
+ * tests/hash/gen_vectors.py rebuilds the same values with Python's own pickle, cbor2,
+ * hashlib and xxhash (and checks third-party vectors made with vLLM), and the 'hash'
+ * test suite checks this code against them byte for byte.
  *
  * Nothing here allocates: values are serialized into a stack buffer and hashed in one
  * shot, or, for values larger than that buffer, serialized twice and streamed.

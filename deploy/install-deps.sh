@@ -14,7 +14,7 @@ set -euo pipefail
 declare -A PKG_GROUPS=(
     [base]="build-essential meson ninja-build pkg-config libibverbs-dev librdmacm-dev
             liburcu-dev libprotobuf-c-dev protobuf-c-compiler libcriterion-dev
-            libxxhash-dev python3"
+            libxxhash-dev libssl-dev python3"
 )
 
 usage() {
