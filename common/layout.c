@@ -46,6 +46,21 @@ kvdex_home_index(const struct kvdex_geometry *g, uint16_t ns, uint64_t key)
 	return (uint32_t)(kvdex_key_hash(ns, key, g->hash_seed) >> (64 - g->table_log2));
 }
 
+uint32_t
+kvdex_home_and_bit(const struct kvdex_geometry *g, uint16_t ns, uint64_t key, uint32_t *bit)
+{
+	uint64_t h = kvdex_key_hash(ns, key, g->hash_seed);
+
+	*bit = 1u << (h & 31u);
+	return g->table_log2 == 0 ? 0 : (uint32_t)(h >> (64 - g->table_log2));
+}
+
+uint32_t
+kvdex_ovf_bit(const struct kvdex_geometry *g, uint16_t ns, uint64_t key)
+{
+	return 1u << (kvdex_key_hash(ns, key, g->hash_seed) & 31u);
+}
+
 uint64_t
 kvdex_home_offset(const struct kvdex_geometry *g, uint32_t idx)
 {
@@ -133,17 +148,20 @@ kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
 		  struct kvdex_record_view *rec)
 {
 	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE;
-	struct kvdex_bucket_hdr bh;
+	uint16_t used;
 	size_t size;
 
-	memcpy(&bh, bucket_img, sizeof(bh));
-	if (bh.used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
+	/* Only `used` matters here; this runs once per record of every bucket a
+	 * lookup reads, so it does not copy the whole header. */
+	memcpy(&used, (const uint8_t *)bucket_img + offsetof(struct kvdex_bucket_hdr, used),
+	       sizeof(used));
+	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
 		return -EPROTO;
 	}
-	if (*pos >= bh.used) {
+	if (*pos >= used) {
 		return 0;
 	}
-	if (bh.used - *pos < KVDEX_RECORD_HDR_SIZE) {
+	if (used - *pos < KVDEX_RECORD_HDR_SIZE) {
 		return -EPROTO;
 	}
 	memcpy(&rec->hdr, area + *pos, sizeof(rec->hdr));
@@ -151,7 +169,7 @@ kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
 		return -EPROTO;
 	}
 	size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
-	if (size > bh.used - *pos) {
+	if (size > used - *pos) {
 		return -EPROTO;
 	}
 	/* Records start 8-byte aligned within an aligned image, so the views

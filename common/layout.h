@@ -49,7 +49,7 @@ extern "C" {
 #define KVDEX_LOC_SIZE 16u
 #define KVDEX_BUCKET_SIZE_MIN 128u
 #define KVDEX_BUCKET_SIZE_MAX 4096u
-#define KVDEX_BUCKET_SIZE_DEFAULT 256u
+#define KVDEX_BUCKET_SIZE_DEFAULT 512u
 
 /* Tiers, fastest first. The order is used by "best tier" computations. */
 enum kvdex_tier {
@@ -153,6 +153,11 @@ static_assert(sizeof(struct kvdex_worker_row) == KVDEX_ROW_SIZE, "row size");
  * bucket with the same owner and chain_seq as the home image it accepted, so
  * a chain read over several round trips is a consistent snapshot even if
  * overflow buckets were freed and reused in between.
+ *
+ * A reader follows `next` only while it still needs something: a key it has
+ * not found yet whose bit is set in the home bucket's ovf_filter, or a key
+ * whose last record seen carries KVDEX_REC_MORE. Records of one key never go
+ * to an earlier bucket of the chain than the key's previous record.
  */
 struct kvdex_bucket_hdr {
 	uint64_t checksum;
@@ -163,12 +168,14 @@ struct kvdex_bucket_hdr {
 	uint16_t used;	/* bytes of record area in use */
 	uint8_t flags;
 	uint8_t nrecords;
-	uint32_t reserved;
+	uint32_t ovf_filter; /* home only: kvdex_ovf_bit() of every key with a record
+			      * outside the home bucket */
 };
 static_assert(sizeof(struct kvdex_bucket_hdr) == KVDEX_BUCKET_HDR_SIZE, "bucket hdr");
 
 /* Record flags. */
 #define KVDEX_REC_FUSED 0x01u /* lossy shared representative: never an exact match */
+#define KVDEX_REC_MORE 0x02u  /* more records of this key follow in the chain */
 
 /*
  * Record: one block's holders (or part of them: a block with more holders
@@ -231,6 +238,14 @@ uint64_t kvdex_key_hash(uint16_t ns, uint64_t key, uint64_t seed);
 
 /* Home bucket index of (ns, key): the top table_log2 bits of its hash. */
 uint32_t kvdex_home_index(const struct kvdex_geometry *g, uint16_t ns, uint64_t key);
+
+/* The ovf_filter bit of (ns, key): one of 32, from the low bits of the hash
+ * whose top bits give the home index. */
+uint32_t kvdex_ovf_bit(const struct kvdex_geometry *g, uint16_t ns, uint64_t key);
+
+/* Home index and ovf_filter bit of (ns, key) from one hash computation. */
+uint32_t kvdex_home_and_bit(const struct kvdex_geometry *g, uint16_t ns, uint64_t key,
+			    uint32_t *bit);
 
 /* Region offset of home bucket `idx` / of overflow bucket `ov` (0-based). */
 uint64_t kvdex_home_offset(const struct kvdex_geometry *g, uint32_t idx);

@@ -28,6 +28,7 @@ enum opt_kind {
 	OPT_NUM,
 	OPT_STR,
 	OPT_TCP,
+	OPT_RDMA,
 	OPT_UNIX,
 	OPT_TOKEN,
 	OPT_TOKEN_FILE,
@@ -53,6 +54,12 @@ struct opt_desc {
 static const struct opt_desc opts[] = {
 	{"listen-tcp", "HOST:PORT", "127.0.0.1:7400",
 	 "tcp listener; port 0 lets the kernel pick; \"none\" disables it", OPT_TCP, 0, 0, 0, 0},
+	{"listen-rdma", "HOST:PORT|auto|none", "auto",
+	 "rdma_cm listener for the verbs transport (RDMA READ of the index, SEND/RECV "
+	 "messages); auto: if the host has an RDMA device, the tcp host with the tcp port + 1, "
+	 "and a bind failure is only a warning; an explicit address that cannot be bound is "
+	 "fatal; port 0 lets rdma_cm pick",
+	 OPT_RDMA, 0, 0, 0, 0},
 	{"listen-unix", "PATH", "/tmp/kvdexd-<tcp port>.sock",
 	 "unix socket (shm clients get the region fd here); /tmp/kvdexd.sock if tcp is none; "
 	 "\"none\" disables it",
@@ -68,7 +75,7 @@ static const struct opt_desc opts[] = {
 	{"capacity-blocks", "N", "1048576",
 	 "blocks to size the first table for (home buckets = N/4, rounded up to a power of 2)",
 	 OPT_NUM, F(capacity_blocks), 0, 1, 1ull << 36},
-	{"bucket-size", "N", "256", "bucket bytes: a power of two from 128 to 4096", OPT_BUCKET,
+	{"bucket-size", "N", "512", "bucket bytes: a power of two from 128 to 4096", OPT_BUCKET,
 	 F(bucket_size), 0, 128, 4096},
 	{"max-region-mb", "N", "4096", "largest the index region may grow (MiB)", OPT_NUM,
 	 F(max_region_mb), 0, 1, 1ull << 24},
@@ -90,7 +97,8 @@ static const struct opt_desc opts[] = {
 	{"log-level", "LEVEL", "notice", "err|warn|notice|info|debug (logs go to stderr)",
 	 OPT_LOG_LEVEL, 0, 0, 0, 0},
 	{"ready-file", "PATH", "none",
-	 "written atomically once listening: pid=, tcp=host:port, unix=path lines", OPT_STR,
+	 "written atomically once listening: pid=, tcp=host:port, unix=path, rdma=host:port lines",
+	 OPT_STR,
 	 F(ready_file), SZ(ready_file), 0, 0},
 };
 
@@ -119,7 +127,7 @@ kvdex_config_defaults(struct kvdex_config *cfg)
 	cfg->unix_enabled = true;
 	cfg->cluster_epoch = 1;
 	cfg->capacity_blocks = 1048576;
-	cfg->bucket_size = 256;
+	cfg->bucket_size = 512;
 	cfg->max_region_mb = 4096;
 	cfg->max_workers = 4096;
 	cfg->max_namespaces = 1024;
@@ -189,6 +197,38 @@ set_tcp(struct kvdex_config *cfg, const char *val)
 }
 
 static int
+set_rdma(struct kvdex_config *cfg, const char *val)
+{
+	const char *colon = strrchr(val, ':');
+	const char *host = val;
+	size_t hlen;
+	uint64_t port;
+
+	if (strcmp(val, "none") == 0 || strcmp(val, "auto") == 0) {
+		cfg->rdma_mode = val[0] == 'n' ? KVDEX_RDMA_NONE : KVDEX_RDMA_AUTO;
+		cfg->rdma_host[0] = '\0';
+		cfg->rdma_port = 0;
+		return 0;
+	}
+	if (colon == NULL || parse_u64(colon + 1, &port) != 0 || port > 65535) {
+		return -EINVAL;
+	}
+	hlen = (size_t)(colon - val);
+	if (hlen >= 2 && val[0] == '[' && val[hlen - 1] == ']') {
+		host++;
+		hlen -= 2;
+	}
+	if (hlen == 0 || hlen >= sizeof(cfg->rdma_host)) {
+		return -EINVAL;
+	}
+	memcpy(cfg->rdma_host, host, hlen);
+	cfg->rdma_host[hlen] = '\0';
+	cfg->rdma_port = (uint16_t)port;
+	cfg->rdma_mode = KVDEX_RDMA_ADDR;
+	return 0;
+}
+
+static int
 set_unix(struct kvdex_config *cfg, const char *val)
 {
 	if (strcmp(val, "none") == 0) {
@@ -246,6 +286,8 @@ set_other(struct kvdex_config *cfg, const struct opt_desc *o, const char *val)
 	switch (o->kind) {
 	case OPT_TCP:
 		return set_tcp(cfg, val);
+	case OPT_RDMA:
+		return set_rdma(cfg, val);
 	case OPT_UNIX:
 		return set_unix(cfg, val);
 	case OPT_STR:
@@ -526,7 +568,7 @@ kvdex_config_parse_args(struct kvdex_config *cfg, int argc, char **argv, FILE *o
 	if (cfg->auth_token_file[0] != '\0' && read_token_file(cfg, err, errlen) != 0) {
 		return -EINVAL;
 	}
-	if (!cfg->tcp_enabled && !cfg->unix_enabled) {
+	if (!cfg->tcp_enabled && !cfg->unix_enabled && cfg->rdma_mode != KVDEX_RDMA_ADDR) {
 		errf(err, errlen, "listen-tcp and listen-unix are both none: nothing to serve");
 		return -EINVAL;
 	}

@@ -22,11 +22,22 @@ extern "C" {
 #define KVDEX_TOKEN_MAX 1024u
 #define KVDEX_UNIX_PATH_MAX 108u
 
+/* listen-rdma modes */
+enum kvdex_rdma_mode {
+	KVDEX_RDMA_AUTO = 0, /* a device exists: tcp host, tcp port + 1; bind failure = warning */
+	KVDEX_RDMA_NONE,     /* no RDMA listener */
+	KVDEX_RDMA_ADDR,     /* rdma_host:rdma_port; any failure is fatal */
+};
+
 struct kvdex_config {
 	/* listen-tcp, parsed: tcp_enabled false for "none" */
 	bool tcp_enabled;
 	char tcp_host[KVDEX_CFG_STR];
 	uint16_t tcp_port;
+	/* listen-rdma (enum kvdex_rdma_mode); host and port for KVDEX_RDMA_ADDR */
+	int rdma_mode;
+	char rdma_host[KVDEX_CFG_STR];
+	uint16_t rdma_port;
 	/* listen-unix: unix_path "" = default (derived from the tcp port) */
 	bool unix_enabled;
 	char unix_path[KVDEX_UNIX_PATH_MAX];

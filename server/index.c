@@ -38,6 +38,8 @@
 #include "server/index.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +124,7 @@ struct ix_bins {
 	uint32_t *nrec;
 	uint32_t n;
 	uint32_t cap;
+	uint32_t filter; /* the home bucket's ovf_filter */
 };
 
 struct kvdex_index {
@@ -308,7 +311,8 @@ chain_count_records(const struct kvdex_index *ix, const struct ix_table *t, stru
 				memset(&c->ent[ei], 0, sizeof(c->ent[ei]));
 				c->ent[ei].key = rv.hdr.key;
 				c->ent[ei].ns = rv.hdr.ns;
-				c->ent[ei].flags = rv.hdr.flags;
+				c->ent[ei].flags =
+					rv.hdr.flags & ~KVDEX_REC_MORE; /* a packing detail */
 				c->ent[ei].atime = rv.hdr.atime;
 				c->ent[ei].hits = rv.hdr.hits;
 			}
@@ -527,17 +531,22 @@ record_write(uint8_t *dst, const struct ix_entry *e, const struct ix_holder *h, 
 	}
 }
 
-/* Put one record (holders h[0..n)) into the first bin with room. */
+/*
+ * Put one record (holders h[0..n)) into the first bin at or after *bin with
+ * room; *bin and *at return where it went. Starting at the bin of the key's
+ * previous record keeps a key's records in chain order, which readers rely on
+ * when they stop at a record without KVDEX_REC_MORE.
+ */
 static int
 bins_place(struct ix_bins *bn, uint32_t bs, const struct ix_entry *e, const struct ix_holder *h,
-	   uint32_t n)
+	   uint32_t n, uint32_t *bin, uint8_t **at)
 {
 	unsigned nl = count_locs(h, n);
 	uint32_t size = (uint32_t)kvdex_record_size(n, nl);
 	uint32_t area = bs - KVDEX_BUCKET_HDR_SIZE;
 	uint32_t b;
 
-	for (b = 0; b < bn->n; b++) {
+	for (b = *bin; b < bn->n; b++) {
 		if (bn->used[b] + size <= area) {
 			break;
 		}
@@ -545,10 +554,19 @@ bins_place(struct ix_bins *bn, uint32_t bs, const struct ix_entry *e, const stru
 	if (b == bn->n && bins_add(bn, bs) != 0) {
 		return -ENOMEM;
 	}
-	record_write(bn->img + (size_t)b * bs + KVDEX_BUCKET_HDR_SIZE + bn->used[b], e, h, n, nl);
+	*at = bn->img + (size_t)b * bs + KVDEX_BUCKET_HDR_SIZE + bn->used[b];
+	*bin = b;
+	record_write(*at, e, h, n, nl);
 	bn->used[b] += size;
 	bn->nrec[b]++;
 	return 0;
+}
+
+/* Mark the record at `rec` as followed by more records of its key. */
+static void
+record_set_more(uint8_t *rec)
+{
+	rec[offsetof(struct kvdex_record_hdr, flags)] |= KVDEX_REC_MORE;
 }
 
 /* Largest prefix of h[0..n) that fits one record in an empty bucket. */
@@ -570,27 +588,46 @@ split_chunk(const struct ix_holder *h, uint32_t n, uint32_t area)
 	return k;
 }
 
-/* Build the chain's bucket images into ix->bins (first fit, entries split
- * into several records when one does not fit a bucket). */
+/*
+ * Build the chain's bucket images into ix->bins: first fit, an entry split
+ * into several records when one does not fit a bucket (all but its last
+ * record flagged KVDEX_REC_MORE), and the home image's ovf_filter naming
+ * every entry with a record outside the home bucket.
+ */
 static int
-chain_pack(struct kvdex_index *ix, uint32_t bs, const struct ix_chain *c)
+chain_pack(struct kvdex_index *ix, const struct kvdex_geometry *g, const struct ix_chain *c)
 {
+	uint32_t bs = g->bucket_size;
 	uint32_t area = bs - KVDEX_BUCKET_HDR_SIZE;
 	struct ix_bins *bn = &ix->bins;
 	int rc;
 
 	bn->n = 0;
+	bn->filter = 0;
 	rc = bins_add(bn, bs);
 	for (uint32_t i = 0; rc == 0 && i < c->nent; i++) {
 		const struct ix_entry *e = &c->ent[i];
 		const struct ix_holder *h = &c->h[e->hstart];
-		uint32_t done = 0;
+		uint32_t done = 0, bin = 0;
+		size_t prev = SIZE_MAX; /* offset of the entry's previous record */
 
 		while (rc == 0 && done < e->hcount) {
 			uint32_t k = split_chunk(h + done, e->hcount - done, area);
+			uint8_t *at;
 
-			rc = bins_place(bn, bs, e, h + done, k);
+			rc = bins_place(bn, bs, e, h + done, k, &bin, &at);
+			if (rc != 0) {
+				break;
+			}
+			if (prev != SIZE_MAX) {
+				/* by offset: bins_add may have moved the images */
+				record_set_more(bn->img + prev);
+			}
+			prev = (size_t)(at - bn->img);
 			done += k;
+		}
+		if (rc == 0 && bin > 0) {
+			bn->filter |= kvdex_ovf_bit(g, e->ns, e->key);
 		}
 	}
 	return rc;
@@ -659,6 +696,7 @@ chain_write(struct kvdex_index *ix, struct ix_table *t, struct ix_chain *c)
 			.used = (uint16_t)bn->used[b],
 			.flags = b == 0 ? KVDEX_BUCKET_HOME : KVDEX_BUCKET_OVERFLOW,
 			.nrecords = (uint8_t)bn->nrec[b],
+			.ovf_filter = b == 0 ? bn->filter : 0,
 		};
 
 		memcpy(img, &bh, sizeof(bh));
@@ -687,7 +725,7 @@ chain_commit(struct kvdex_index *ix, struct ix_chain *c)
 	struct ix_table *t = &ix->t;
 	int rc;
 
-	rc = chain_pack(ix, t->g.bucket_size, c);
+	rc = chain_pack(ix, &t->g, c);
 	if (rc != 0) {
 		return rc;
 	}
@@ -1316,7 +1354,7 @@ resize_write_split(struct kvdex_index *ix, struct ix_table *nt, struct resize_ac
 {
 	for (int s = 0; s < 2; s++) {
 		struct ix_chain *d = &ix->split[s];
-		int rc = chain_pack(ix, nt->g.bucket_size, d);
+		int rc = chain_pack(ix, &nt->g, d);
 
 		if (rc != 0) {
 			return rc;
@@ -1475,9 +1513,12 @@ err_log:
 /* ---- create / destroy / stats ---------------------------------------------- */
 
 static uint32_t
-initial_log2(uint64_t capacity_blocks)
+initial_log2(uint64_t capacity_blocks, uint32_t bucket_size)
 {
-	uint64_t want = capacity_blocks / 4;
+	/* About four 4-holder records (32 B each) per 256 bytes of bucket: half
+	 * full on average, so a full bucket stays rare (the Poisson tail) and a
+	 * lookup rarely needs a dependent overflow read. */
+	uint64_t want = capacity_blocks / ((bucket_size - KVDEX_BUCKET_HDR_SIZE) / 56u);
 	uint32_t log2 = 0;
 
 	while ((1ull << log2) < want && log2 < 30) {
@@ -1521,12 +1562,12 @@ kvdex_index_create(struct kvdex_region *rg, const struct kvdex_index_opts *opts,
 	if (rc != 0) {
 		goto err_destroy;
 	}
-	rc = table_alloc(ix, &ix->t, initial_log2(opts->capacity_blocks), 1);
+	rc = table_alloc(ix, &ix->t, initial_log2(opts->capacity_blocks, rg->hdr.bucket_size), 1);
 	if (rc != 0) {
 		KVDEX_LOG_ERR(LOG_COMP,
 			      "the initial table (%u home buckets of %u bytes) does not fit in "
 			      "the region (max %llu bytes): %s",
-			      1u << initial_log2(opts->capacity_blocks), rg->hdr.bucket_size,
+			      1u << initial_log2(opts->capacity_blocks, rg->hdr.bucket_size), rg->hdr.bucket_size,
 			      (unsigned long long)rg->max, strerror(-rc));
 		goto err_destroy;
 	}

@@ -24,6 +24,12 @@
  * writer_done it writes out every queued reply (bounded wait), closes all
  * connections and exits.
  *
+ * Verbs connections (server/rdma.c) are the same kvdex_sconn with an
+ * rdma pointer and no socket: rdma.c feeds the bytes of every RECV into
+ * kvdex_io_conn_input() (the same frame parser), and conn_flush hands the
+ * reply queue to kvdex_rdma_send() instead of sendmsg. The CM event channel
+ * and each connection's completion channel are epoll sources of their own.
+ *
  * Locking: none. Connections are io-owned except for their refcount and
  * the writer-owned fields documented in server.h.
  */
@@ -47,6 +53,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "kvdex.pb-c.h"
+#include "server/rdma.h"
 #include "server/server.h"
 
 #define LOG_COMP "server.io"
@@ -66,6 +73,7 @@ static struct io_src src_efd = {KVDEX_SRC_EVENTFD};
 static CDS_LIST_HEAD(io_conns);
 static uint64_t io_next_id;
 static bool io_kick_writer;
+static bool io_is_quiesced;
 
 /* ---- shared helpers ------------------------------------------------------ */
 
@@ -145,6 +153,9 @@ conn_set_mask(struct kvdex_server *srv, struct kvdex_sconn *c)
 	uint32_t want = 0;
 	struct epoll_event ev;
 
+	if (c->rdma != NULL) {
+		return; /* completions drive verbs connections */
+	}
 	if (!c->read_off && !c->closing) {
 		want |= EPOLLIN;
 	}
@@ -164,12 +175,19 @@ conn_set_mask(struct kvdex_server *srv, struct kvdex_sconn *c)
 static void
 conn_close(struct kvdex_server *srv, struct kvdex_sconn *c)
 {
-	if (c->fd < 0) {
+	if (!c->open) {
 		return;
 	}
-	epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-	close(c->fd);
-	c->fd = -1;
+	c->open = false;
+	if (c->rdma != NULL) {
+		/* Disconnect and drain; rdma.c destroys the QP when drained. */
+		kvdex_rdma_conn_close(srv, c->rdma);
+		c->rdma = NULL;
+	} else {
+		epoll_ctl(srv->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		close(c->fd);
+		c->fd = -1;
+	}
 	cds_list_del(&c->link);
 	uatomic_dec(&srv->ctr.conns_active);
 	while (c->wq_head != NULL) {
@@ -198,6 +216,7 @@ conn_new(struct kvdex_server *srv, int fd, bool is_unix)
 	urcu_ref_init(&c->ref);
 	c->id = ++io_next_id;
 	c->is_unix = is_unix;
+	c->open = true;
 	c->fd = fd;
 	c->ev_mask = EPOLLIN;
 	ev.data.ptr = c;
@@ -217,11 +236,45 @@ conn_new(struct kvdex_server *srv, int fd, bool is_unix)
 			is_unix ? "unix" : "tcp");
 }
 
+struct kvdex_sconn *
+kvdex_io_conn_new_rdma(struct kvdex_server *srv, struct kvdex_rconn *rc)
+{
+	struct kvdex_sconn *c = calloc(1, sizeof(*c));
+
+	if (c == NULL) {
+		return NULL;
+	}
+	c->kind = KVDEX_SRC_CONN;
+	urcu_ref_init(&c->ref);
+	c->id = ++io_next_id;
+	c->open = true;
+	c->fd = -1;
+	c->rdma = rc;
+	c->read_off = io_is_quiesced;
+	cds_list_add_tail(&c->link, &io_conns);
+	KVDEX_CTR_INC(srv, conns_accepted);
+	uatomic_inc(&srv->ctr.conns_active);
+	KVDEX_LOG_DEBUG(LOG_COMP, "conn %llu accepted (rdma)", (unsigned long long)c->id);
+	return c;
+}
+
+bool
+kvdex_io_quiesced(void)
+{
+	return io_is_quiesced;
+}
+
 /* Write as much of the queue as the socket takes. May close (and free) c. */
 static void
 conn_flush(struct kvdex_server *srv, struct kvdex_sconn *c)
 {
-	while (c->wq_head != NULL) {
+	if (c->rdma != NULL) {
+		if (kvdex_rdma_send(srv, c) != 0) {
+			conn_close(srv, c);
+			return;
+		}
+	}
+	while (c->rdma == NULL && c->wq_head != NULL) {
 		struct kvdex_rep *rep = c->wq_head;
 		struct iovec iov = {.iov_base = rep->data + c->woff, .iov_len = rep->len - c->woff};
 		union {
@@ -521,6 +574,41 @@ rbuf_reserve(struct kvdex_sconn *c, size_t want)
 	return 0;
 }
 
+void
+kvdex_io_conn_flush(struct kvdex_server *srv, struct kvdex_sconn *c)
+{
+	if (!c->open) {
+		return;
+	}
+	kvdex_sconn_get(c);
+	conn_flush(srv, c);
+	kvdex_sconn_put(c);
+}
+
+void
+kvdex_io_conn_close(struct kvdex_server *srv, struct kvdex_sconn *c)
+{
+	conn_close(srv, c);
+}
+
+/* Bytes a verbs connection received: the same parser as sockets. The
+ * caller holds a reference on c; this may close it. */
+void
+kvdex_io_conn_input(struct kvdex_server *srv, struct kvdex_sconn *c, const uint8_t *p, size_t n)
+{
+	if (!c->open || c->read_off || c->closing) {
+		return;
+	}
+	if (rbuf_reserve(c, c->rlen + n) != 0) {
+		conn_close(srv, c);
+		return;
+	}
+	memcpy(c->rbuf + c->rlen, p, n);
+	c->rlen += n;
+	conn_parse(srv, c);
+	/* A large frame needs a large buffer; the next bytes find it. */
+}
+
 /* May close (and free) c. */
 static void
 conn_readable(struct kvdex_server *srv, struct kvdex_sconn *c)
@@ -568,7 +656,7 @@ conn_event(struct kvdex_server *srv, struct kvdex_sconn *c, uint32_t events)
 			conn_close(srv, c);
 		}
 	}
-	if (c->fd >= 0 && (events & EPOLLOUT)) {
+	if (c->open && (events & EPOLLOUT)) {
 		conn_flush(srv, c);
 	}
 	kvdex_sconn_put(c);
@@ -791,7 +879,7 @@ io_drain_replies(struct kvdex_server *srv)
 		struct kvdex_rep *rep = caa_container_of(node, struct kvdex_rep, qn);
 		struct kvdex_sconn *c = rep->conn;
 
-		if (c->fd < 0) {
+		if (!c->open) {
 			kvdex_rep_free(rep); /* the connection is gone */
 			continue;
 		}
@@ -808,6 +896,7 @@ io_quiesce(struct kvdex_server *srv)
 	struct kvdex_sconn *c;
 
 	kvdex_io_close_listeners(srv);
+	io_is_quiesced = true; /* rdma.c rejects new CONNECT_REQUESTs from now on */
 	cds_list_for_each_entry(c, &io_conns, link)
 	{
 		c->read_off = true;
@@ -853,6 +942,12 @@ io_dispatch(struct kvdex_server *srv, struct epoll_event *ev)
 	case KVDEX_SRC_CONN:
 		conn_event(srv, (struct kvdex_sconn *)src, ev->events);
 		break;
+	case KVDEX_SRC_RDMA_CM:
+		kvdex_rdma_cm_event(srv);
+		break;
+	case KVDEX_SRC_RDMA_CQ:
+		kvdex_rdma_cq_event(srv, (struct kvdex_rconn *)src);
+		break;
 	}
 }
 
@@ -870,14 +965,19 @@ io_final_flush(struct kvdex_server *srv)
 		for (int i = 0; i < n; i++) {
 			struct io_src *src = evs[i].data.ptr;
 
-			if (src->kind == KVDEX_SRC_CONN) {
-				conn_event(srv, (struct kvdex_sconn *)src, evs[i].events);
+			/* Verbs replies move as credits come back: completions
+			 * and CM events still count here. */
+			if (src->kind == KVDEX_SRC_CONN || src->kind == KVDEX_SRC_RDMA_CQ ||
+			    src->kind == KVDEX_SRC_RDMA_CM) {
+				io_dispatch(srv, &evs[i]);
 			}
 		}
 	}
 	while (!cds_list_empty(&io_conns)) {
 		conn_close(srv, cds_list_first_entry(&io_conns, struct kvdex_sconn, link));
 	}
+	/* Every verbs connection is disconnecting: drain and destroy them. */
+	kvdex_rdma_drain_all(srv, FINAL_FLUSH_MS);
 }
 
 static void *
@@ -889,7 +989,8 @@ io_main(void *arg)
 
 	rcu_register_thread();
 	for (;;) {
-		int n = epoll_wait(srv->epfd, evs, IO_EVENTS, quiesced ? 50 : -1);
+		int tmo = kvdex_rdma_timeout_ms(srv);
+		int n = epoll_wait(srv->epfd, evs, IO_EVENTS, quiesced ? 50 : tmo);
 
 		if (n < 0 && errno != EINTR) {
 			KVDEX_LOG_ERR(LOG_COMP, "epoll_wait: %s", strerror(errno));
@@ -899,6 +1000,7 @@ io_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			io_dispatch(srv, &evs[i]);
 		}
+		kvdex_rdma_tick(srv);
 		if (io_kick_writer) {
 			io_kick_writer = false;
 			kvdex_server_kick(srv->writer_efd);
@@ -948,6 +1050,9 @@ kvdex_io_start(struct kvdex_server *srv)
 	}
 	if (rc == 0 && srv->unix_fd >= 0) {
 		rc = epoll_add(srv, srv->unix_fd, &src_unix);
+	}
+	if (rc == 0 && srv->rdma != NULL) {
+		rc = kvdex_rdma_start(srv);
 	}
 	if (rc != 0) {
 		return rc;

@@ -21,6 +21,7 @@
 #include <urcu.h>
 
 #include "common/log.h"
+#include "server/rdma.h"
 #include "server/server.h"
 
 #define LOG_COMP "server.main"
@@ -43,6 +44,9 @@ write_ready_file(const struct kvdex_server *srv)
 	}
 	if (srv->unix_fd >= 0) {
 		fprintf(f, "unix=%s\n", srv->unix_path);
+	}
+	if (srv->rdma_listen[0] != '\0') {
+		fprintf(f, "rdma=%s\n", srv->rdma_listen);
 	}
 	if (fclose(f) != 0 || rename(tmp, srv->cfg.ready_file) != 0) {
 		KVDEX_LOG_ERR(LOG_COMP, "ready-file %s: %s", srv->cfg.ready_file, strerror(errno));
@@ -139,7 +143,10 @@ server_fini(struct kvdex_server *srv)
 	kvdex_namespaces_destroy(srv->nss);
 	kvdex_workers_destroy(srv->wt);
 	kvdex_index_destroy(srv->ix);
+	/* Every QP is gone (io thread): the region's MRs and PD reference go,
+	 * then the listener id and the CM event channel. */
 	kvdex_region_destroy(srv->rg);
+	kvdex_rdma_fini(srv);
 	if (srv->epfd >= 0) {
 		close(srv->epfd);
 	}
@@ -228,6 +235,10 @@ log_startup(const struct kvdex_server *srv)
 	if (srv->unix_fd >= 0) {
 		KVDEX_LOG_NOTICE(LOG_COMP, "listening on unix %s", srv->unix_path);
 	}
+	if (srv->rdma_listen[0] != '\0') {
+		KVDEX_LOG_NOTICE(LOG_COMP, "listening on rdma %s (region rkey %#x)", srv->rdma_listen,
+				 h->mr_rkey);
+	}
 	KVDEX_LOG_NOTICE(LOG_COMP,
 			 "server %s: region %llu of max %llu bytes, %u-byte buckets, %u home + %u "
 			 "overflow buckets at %llu, %u worker rows, incarnation %016llx%s",
@@ -249,6 +260,9 @@ run(struct kvdex_server *srv, const sigset_t *set)
 	}
 	if (rc == 0) {
 		rc = kvdex_io_listen(srv);
+	}
+	if (rc == 0) {
+		rc = kvdex_rdma_listen(srv);
 	}
 	if (rc == 0) {
 		rc = kvdex_writer_start(srv);

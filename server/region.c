@@ -14,6 +14,18 @@
  * The memfd is sealed with F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE after our own
  * writable mapping exists: nobody can map it writable again or write() to
  * it, and shm clients get an O_RDONLY reopen through /proc/self/fd.
+ *
+ * RDMA (docs/DESIGN.md §7.1): the region is registered with
+ * IBV_ACCESS_REMOTE_READ only, over [0, file size). Pages past the file
+ * size cannot be pinned, so growth means a new MR: publish_hdr registers
+ * [0, new size) first, then publishes a header naming the new MR together
+ * with the new region_size (mr_gen + 1). A reader never reads past the
+ * region_size of the header that gave it its rkey, so the old MR (which
+ * covers the old size) stays valid for its reads; it is deregistered
+ * KVDEX_VERBS_MR_GRACE_MS later. If a re-registration fails, region_size
+ * is still published (shm and tcp readers need it) and the header keeps the
+ * old MR; RDMA reads past its end then fail and the client reconnects. The
+ * failure is logged and retried at most once a second.
  */
 #include "server/region.h"
 
@@ -29,9 +41,11 @@
 #include <urcu/uatomic.h>
 
 #include "common/log.h"
+#include "common/verbs.h"
 
 #define LOG_COMP "server.region"
 #define REGION_GROW_STEP (2ull << 20)
+#define MR_RETRY_NS 1000000000ull
 
 static uint64_t
 align_up(uint64_t v, uint64_t a)
@@ -190,6 +204,11 @@ kvdex_region_destroy(struct kvdex_region *rg)
 	if (rg == NULL) {
 		return;
 	}
+	for (unsigned i = 0; i < rg->nold; i++) {
+		kvdex_verbs_dereg_mr(&rg->old_mrs[i].mr, LOG_COMP);
+	}
+	kvdex_verbs_dereg_mr(&rg->mr, LOG_COMP);
+	kvdex_verbs_pd_put(&rg->pd, LOG_COMP);
 	if (rg->base != NULL) {
 		munmap(rg->base, rg->max);
 	}
@@ -293,10 +312,121 @@ kvdex_region_free(struct kvdex_region *rg, uint64_t off, uint64_t len)
 	}
 }
 
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int
+mr_register(struct kvdex_region *rg, struct ibv_mr **out)
+{
+	int rc = kvdex_verbs_reg_mr(rg->pd, rg->base, rg->file_size, IBV_ACCESS_REMOTE_READ, out);
+
+	if (rc != 0) {
+		KVDEX_LOG_ERR(LOG_COMP, "ibv_reg_mr(%llu bytes, REMOTE_READ): %s",
+			      (unsigned long long)rg->file_size, strerror(-rc));
+	}
+	return rc;
+}
+
+static void
+mr_publish(struct kvdex_region *rg, struct ibv_mr *mr)
+{
+	rg->mr = mr;
+	rg->mr_len = rg->file_size;
+	rg->hdr.mr_addr = (uint64_t)(uintptr_t)mr->addr;
+	rg->hdr.mr_rkey = mr->rkey;
+	rg->hdr.mr_gen++;
+}
+
+int
+kvdex_region_rdma_attach(struct kvdex_region *rg, struct ibv_pd *pd)
+{
+	struct ibv_mr *mr;
+	int rc;
+
+	rc = kvdex_verbs_pd_get(pd->context, &rg->pd);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mr_register(rg, &mr);
+	if (rc != 0) {
+		kvdex_verbs_pd_put(&rg->pd, LOG_COMP);
+		return rc;
+	}
+	mr_publish(rg, mr);
+	kvdex_region_publish_hdr(rg);
+	KVDEX_LOG_INFO(LOG_COMP, "region registered: %llu bytes, rkey %#x",
+		       (unsigned long long)rg->mr_len, mr->rkey);
+	return 0;
+}
+
+/* Deregister replaced MRs whose grace period is over. */
+static void
+mr_reap(struct kvdex_region *rg, uint64_t now)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < rg->nold; i++) {
+		if (rg->old_mrs[i].expire_ns <= now) {
+			kvdex_verbs_dereg_mr(&rg->old_mrs[i].mr, LOG_COMP);
+			continue;
+		}
+		rg->old_mrs[k++] = rg->old_mrs[i];
+	}
+	rg->nold = k;
+}
+
+/* The region grew past the MR: register the new size, retire the old MR. */
+static void
+mr_grow(struct kvdex_region *rg, uint64_t now)
+{
+	struct ibv_mr *mr;
+
+	if (rg->mr_fail_ns != 0 && now - rg->mr_fail_ns < MR_RETRY_NS) {
+		return;
+	}
+	if (rg->nold == KVDEX_REGION_OLD_MRS) {
+		/* More growths within one grace period than we keep MRs for:
+		 * the oldest goes early (its readers reconnect at worst). */
+		KVDEX_LOG_WARN(LOG_COMP, "deregistering a region MR before its grace period");
+		kvdex_verbs_dereg_mr(&rg->old_mrs[0].mr, LOG_COMP);
+		memmove(&rg->old_mrs[0], &rg->old_mrs[1], (rg->nold - 1) * sizeof(rg->old_mrs[0]));
+		rg->nold--;
+	}
+	if (mr_register(rg, &mr) != 0) {
+		rg->mr_fail_ns = now;
+		return;
+	}
+	rg->mr_fail_ns = 0;
+	rg->old_mrs[rg->nold].mr = rg->mr;
+	rg->old_mrs[rg->nold].expire_ns = now + KVDEX_VERBS_MR_GRACE_MS * 1000000ull;
+	rg->nold++;
+	mr_publish(rg, mr);
+	KVDEX_LOG_INFO(LOG_COMP, "region re-registered: %llu bytes, rkey %#x, mr_gen %u",
+		       (unsigned long long)rg->mr_len, mr->rkey, rg->hdr.mr_gen);
+}
+
 void
 kvdex_region_publish_hdr(struct kvdex_region *rg)
 {
-	struct kvdex_region_hdr img = rg->hdr;
+	struct kvdex_region_hdr img;
+
+	if (rg->pd != NULL) {
+		uint64_t now = mono_ns();
+
+		if (rg->file_size > rg->mr_len) {
+			mr_grow(rg, now);
+		}
+		if (rg->nold > 0) {
+			mr_reap(rg, now);
+		}
+	}
+	img = rg->hdr;
 
 	img.region_size = rg->file_size;
 	rg->hdr.region_size = rg->file_size;

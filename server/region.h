@@ -21,6 +21,10 @@ extern "C" {
 
 #define KVDEX_REGION_WORKERS_OFF 4096u
 #define KVDEX_REGION_ALIGN 4096u
+#define KVDEX_REGION_OLD_MRS 16u
+
+struct ibv_pd;
+struct ibv_mr;
 
 struct kvdex_region_opts {
 	uint64_t region_max;  /* bytes of address space mapped once */
@@ -48,6 +52,19 @@ struct kvdex_region {
 	/* The writer's copy of the header; kvdex_region_publish_hdr() seals it
 	 * and copies it to offset 0. */
 	struct kvdex_region_hdr hdr;
+	/* verbs (writer thread after start-up): the MR named in the header
+	 * covers [0, mr_len); MRs it replaced stay registered until their
+	 * expiry (KVDEX_VERBS_MR_GRACE_MS) so readers holding the old rkey can
+	 * still read the header that names the new one. */
+	struct ibv_pd *pd; /* NULL: no RDMA listener */
+	struct ibv_mr *mr;
+	uint64_t mr_len;
+	struct {
+		struct ibv_mr *mr;
+		uint64_t expire_ns;
+	} old_mrs[KVDEX_REGION_OLD_MRS];
+	unsigned nold;
+	uint64_t mr_fail_ns; /* last failed re-registration (rate-limits retries) */
 };
 
 /*
@@ -61,8 +78,20 @@ struct kvdex_region {
  */
 int kvdex_region_create(const struct kvdex_region_opts *opts, struct kvdex_region **out);
 
-/* Unmap and close. Accepts NULL. */
+/* Deregister every MR, put the PD, unmap and close. Accepts NULL.
+ * Context: after every QP that could read the region is destroyed. */
 void kvdex_region_destroy(struct kvdex_region *rg);
+
+/*
+ * Make the region readable over RDMA on the device of `pd`: register
+ * [0, current size) with IBV_ACCESS_REMOTE_READ only, put its address and
+ * rkey in the header (mr_gen 1) and publish it. Later growth re-registers
+ * in kvdex_region_publish_hdr().
+ * @return 0 or -errno of ibv_reg_mr (the region stays without an MR).
+ * Context: main thread, before the writer starts. Ownership: takes its own
+ * reference on pd (released by kvdex_region_destroy()).
+ */
+int kvdex_region_rdma_attach(struct kvdex_region *rg, struct ibv_pd *pd);
 
 /*
  * Allocate an extent of len bytes (rounded up to KVDEX_REGION_ALIGN),
@@ -76,6 +105,9 @@ int kvdex_region_alloc(struct kvdex_region *rg, uint64_t len, uint64_t *off);
 void kvdex_region_free(struct kvdex_region *rg, uint64_t off, uint64_t len);
 
 /* Seal the header copy (region_size = current file size) and write it.
+ * With RDMA, first re-register the region if it grew past the current MR
+ * (publishing the new mr_addr/mr_rkey/mr_gen with the new size), and
+ * deregister replaced MRs whose grace period is over.
  * Context: writer thread. */
 void kvdex_region_publish_hdr(struct kvdex_region *rg);
 

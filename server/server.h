@@ -77,6 +77,10 @@ extern "C" {
 	X(tcp_read_ops)                                                                            \
 	X(tcp_read_bytes)                                                                          \
 	X(bad_reads)                                                                               \
+	X(rdma_conns_accepted)                                                                     \
+	X(rdma_conns_rejected)                                                                     \
+	X(rdma_cm_events)                                                                          \
+	X(rdma_qp_errors)                                                                          \
 	X(spec_expired)                                                                            \
 	X(swept_holders)                                                                           \
 	X(namespaces)                                                                              \
@@ -100,9 +104,13 @@ enum kvdex_src_kind {
 	KVDEX_SRC_LISTEN_UNIX,
 	KVDEX_SRC_EVENTFD,
 	KVDEX_SRC_CONN,
+	KVDEX_SRC_RDMA_CM, /* the rdma_cm event channel (server/rdma.c) */
+	KVDEX_SRC_RDMA_CQ, /* a verbs connection's completion channel */
 };
 
 struct kvdex_rep;
+struct kvdex_rconn;
+struct kvdex_rdma;
 
 /*
  * A client connection. The io thread owns the fd and everything under
@@ -116,7 +124,9 @@ struct kvdex_sconn {
 	uint64_t id;
 	bool is_unix;
 	/* io */
-	int fd;
+	bool open;		   /* until conn_close */
+	int fd;			   /* socket; -1 for verbs connections */
+	struct kvdex_rconn *rdma; /* verbs connection state (server/rdma.c), or NULL */
 	struct cds_list_head link;
 	uint8_t *rbuf;
 	size_t rlen;
@@ -179,6 +189,8 @@ struct kvdex_server {
 	uint16_t tcp_port; /* actual port */
 	char unix_path[KVDEX_UNIX_PATH_MAX];
 	bool unix_bound; /* we created unix_path: remove it at exit */
+	struct kvdex_rdma *rdma;	     /* NULL: no RDMA listener */
+	char rdma_listen[KVDEX_CFG_STR + 8]; /* "host:port" for HelloReply, "" if none */
 	char server_id[KVDEX_CFG_STR];
 	uint64_t start_ns; /* CLOCK_MONOTONIC at start */
 
@@ -215,6 +227,15 @@ void kvdex_rep_free(struct kvdex_rep *rep);
 int kvdex_io_listen(struct kvdex_server *srv);
 int kvdex_io_start(struct kvdex_server *srv);
 void kvdex_io_close_listeners(struct kvdex_server *srv);
+/* For server/rdma.c (io thread): a verbs connection joins the io loop, feeds
+ * it the bytes it receives (the same frame parser as sockets), has its reply
+ * queue flushed, and is closed (conn_close calls kvdex_rdma_conn_close). */
+struct kvdex_sconn *kvdex_io_conn_new_rdma(struct kvdex_server *srv, struct kvdex_rconn *rc);
+void kvdex_io_conn_input(struct kvdex_server *srv, struct kvdex_sconn *c, const uint8_t *p,
+			 size_t n);
+void kvdex_io_conn_flush(struct kvdex_server *srv, struct kvdex_sconn *c);
+void kvdex_io_conn_close(struct kvdex_server *srv, struct kvdex_sconn *c);
+bool kvdex_io_quiesced(void);
 
 /* writer.c */
 int kvdex_writer_start(struct kvdex_server *srv);

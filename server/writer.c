@@ -135,6 +135,10 @@ hello_ok(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex_
 	rd.header_size = KVDEX_HDR_SIZE;
 	rd.hash_seed = srv->rg->hdr.hash_seed;
 	rd.server_incarnation = srv->rg->hdr.server_incarnation;
+	/* verbs: the MR named by the header, consistent with region_size
+	 * (both are this thread's, set by the last publish). */
+	rd.remote_addr = srv->rg->hdr.mr_addr;
+	rd.rkey = srv->rg->hdr.mr_rkey;
 	r.status = &st;
 	r.protocol_version = KVDEX_PROTOCOL_VERSION;
 	r.server_id = srv->server_id;
@@ -144,6 +148,7 @@ hello_ok(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex_
 	r.max_batch_events = (uint32_t)srv->cfg.max_batch_events;
 	r.region_fd_attached = attach;
 	r.unix_path = srv->unix_path;
+	r.rdma_listen = srv->rdma_listen;
 	conn->hello_w = true;
 	KVDEX_LOG_INFO(LOG_COMP, "conn %llu: hello from '%s'%s", (unsigned long long)conn->id,
 		       m->client_name, attach ? " (shm)" : "");

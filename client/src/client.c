@@ -20,6 +20,13 @@
  * Errors from a server (ErrorReply or a non-OK Status) are mapped to errno
  * values as kvdex.h documents, and the server's message is kept for
  * kvdex_client_last_error().
+ *
+ * Transports (DESIGN §7): "rdma:host:port" connects over verbs and says
+ * Hello there. A host:port server is first reached over tcp; with the auto
+ * (or verbs) transport, a Hello reply naming an rdma_cm listener makes the
+ * client try verbs (rdma_cm resolves the address to a local RDMA device or
+ * fails fast), then shm for a server on this host, else it stays on tcp.
+ * The tcp connection is closed once another transport said Hello.
  */
 #include "client/src/internal.h"
 
@@ -133,6 +140,12 @@ kvdex_client_drop_conn(struct kvdex_client *c, unsigned i)
 {
 	struct kvdex_server *s = &c->srv[i];
 
+	if (s->conn != NULL && s->conn->err[0] != '\0' && c->last_error[0] != '\0') {
+		/* The transport's detail (a verbs completion status, ...). */
+		size_t n = strlen(c->last_error);
+
+		snprintf(c->last_error + n, sizeof(c->last_error) - n, " (%s)", s->conn->err);
+	}
 	if (s->conn != NULL) {
 		s->conn->ops->close(s->conn);
 		s->conn = NULL;
@@ -330,6 +343,10 @@ struct hello_info {
 	uint64_t cluster_epoch;
 	char server_id[128];
 	char unix_path[108];
+	char rdma_listen[280];
+	uint64_t region_size;
+	uint64_t remote_addr;
+	uint32_t rkey;
 	int fd;
 };
 
@@ -360,6 +377,11 @@ hello_parse(struct kvdex_client *c, unsigned i, const struct kvdex_msg *m, struc
 			 r->server_id != NULL ? r->server_id : "");
 		snprintf(info->unix_path, sizeof(info->unix_path), "%s",
 			 r->unix_path != NULL ? r->unix_path : "");
+		snprintf(info->rdma_listen, sizeof(info->rdma_listen), "%s",
+			 r->rdma_listen != NULL ? r->rdma_listen : "");
+		info->region_size = r->region->region_size;
+		info->remote_addr = r->region->remote_addr;
+		info->rkey = r->region->rkey;
 	}
 	kvdex__hello_reply__free_unpacked(r, NULL);
 	return rc;
@@ -391,10 +413,22 @@ srv_open(struct kvdex_client *c, unsigned i, const struct kvdex_transport_ops *o
 	struct kvdex_msg m;
 	int rc;
 
-	rc = ops->connect(ep, c->timeout_ms, &conn);
-	if (rc < 0) {
-		kvdex_client_set_error(c, "server %s: connect: %s", s->ep.name, strerror(-rc));
-		return rc;
+	if (ops == &kvdex_transport_verbs) {
+		char why[128] = "";
+
+		rc = kvdex_verbs_connect(ep, c->auth_token, c->timeout_ms, &conn, why, sizeof(why));
+		if (rc < 0) {
+			kvdex_client_set_error(c, "server %s: verbs connect: %s%s%s", s->ep.name,
+					       strerror(-rc), why[0] != '\0' ? ": " : "", why);
+			return rc;
+		}
+	} else {
+		rc = ops->connect(ep, c->timeout_ms, &conn);
+		if (rc < 0) {
+			kvdex_client_set_error(c, "server %s: connect: %s", s->ep.name,
+					       strerror(-rc));
+			return rc;
+		}
 	}
 	s->conn = conn;
 	h.protocol_version = KVDEX_PROTOCOL_VERSION;
@@ -423,6 +457,13 @@ srv_open(struct kvdex_client *c, unsigned i, const struct kvdex_transport_ops *o
 		close(info->fd); /* the mapping keeps the region */
 		info->fd = -1;
 	}
+	if (rc == 0 && s->conn->ops->attach_remote != NULL) {
+		rc = s->conn->ops->attach_remote(s->conn, info->remote_addr, info->rkey,
+						 info->region_size);
+		if (rc < 0) {
+			kvdex_client_set_error(c, "server %s: %s", s->ep.name, s->conn->err);
+		}
+	}
 	if (rc < 0) {
 		kvdex_client_drop_conn(c, i);
 		return rc;
@@ -432,7 +473,56 @@ srv_open(struct kvdex_client *c, unsigned i, const struct kvdex_transport_ops *o
 	return 0;
 }
 
-/* host:port server: tcp first, then shm over the unix socket it names. */
+/* The verbs endpoint a Hello reply names: its rdma_listen, with a wildcard
+ * host meaning the host we reached the server at. */
+static int
+verbs_ep(const struct kvdex_server *s, const char *listen, struct kvdex_endpoint *ep)
+{
+	char addr[300];
+
+	snprintf(addr, sizeof(addr), "rdma:%s", listen);
+	if (kvdex_endpoint_parse(addr, ep) < 0) {
+		return -EPROTO;
+	}
+	if (strcmp(ep->host, "0.0.0.0") == 0 || strcmp(ep->host, "::") == 0 ||
+	    strcmp(ep->host, "*") == 0) {
+		snprintf(ep->host, sizeof(ep->host), "%s", s->ep.host);
+	}
+	snprintf(ep->name, sizeof(ep->name), "%s", s->ep.name);
+	return 0;
+}
+
+/* Server i is on tcp and its Hello named an rdma_cm listener: switch to
+ * verbs. On failure the tcp connection stays (auto) and the error is
+ * returned. */
+static int
+srv_try_verbs(struct kvdex_client *c, unsigned i, struct hello_info *info)
+{
+	struct kvdex_server *s = &c->srv[i];
+	struct kvdex_endpoint vep;
+	struct hello_info tcp_info = *info;
+	struct kvdex_conn *tcp = s->conn;
+	int rc;
+
+	rc = verbs_ep(s, info->rdma_listen, &vep);
+	if (rc < 0) {
+		kvdex_client_set_error(c, "server %s: bad rdma_listen '%s'", s->ep.name,
+				       info->rdma_listen);
+		return rc;
+	}
+	s->conn = NULL;
+	rc = srv_open(c, i, &kvdex_transport_verbs, &vep, false, info);
+	if (rc < 0) {
+		s->conn = tcp;
+		s->transport_name = kvdex_transport_tcp.name;
+		*info = tcp_info;
+		return rc;
+	}
+	tcp->ops->close(tcp);
+	return 0;
+}
+
+/* host:port server: tcp first, then verbs or shm as the Hello reply offers. */
 static int
 srv_open_hostport(struct kvdex_client *c, unsigned i, struct hello_info *info)
 {
@@ -445,6 +535,24 @@ srv_open_hostport(struct kvdex_client *c, unsigned i, struct hello_info *info)
 	rc = srv_open(c, i, &kvdex_transport_tcp, &s->ep, false, info);
 	if (rc < 0 || c->transport == KVDEX_TRANSPORT_TCP) {
 		return rc;
+	}
+	if (c->transport == KVDEX_TRANSPORT_VERBS || c->transport == KVDEX_TRANSPORT_AUTO) {
+		if (info->rdma_listen[0] != '\0') {
+			rc = srv_try_verbs(c, i, info);
+			if (rc == 0 || c->transport == KVDEX_TRANSPORT_VERBS) {
+				if (rc < 0) {
+					kvdex_client_drop_conn(c, i);
+				}
+				return rc;
+			}
+			KVDEX_LOG_NOTICE(LOG_COMP, "server %s: verbs via %s failed (%d)",
+					 s->ep.name, info->rdma_listen, rc);
+			c->last_error[0] = '\0';
+		} else if (c->transport == KVDEX_TRANSPORT_VERBS) {
+			kvdex_client_set_error(c, "server %s has no RDMA listener", s->ep.name);
+			kvdex_client_drop_conn(c, i);
+			return -EPROTONOSUPPORT;
+		}
 	}
 	if (c->transport == KVDEX_TRANSPORT_AUTO && !kvdex_host_is_local(s->ep.host)) {
 		return 0;
@@ -484,8 +592,18 @@ srv_connect(struct kvdex_client *c, unsigned i, struct hello_info *info)
 {
 	struct kvdex_server *s = &c->srv[i];
 
-	if (c->transport == KVDEX_TRANSPORT_VERBS) {
-		kvdex_client_set_error(c, "the verbs transport is not built yet");
+	if (s->ep.kind == KVDEX_TRANSPORT_VERBS) {
+		if (c->transport == KVDEX_TRANSPORT_SHM || c->transport == KVDEX_TRANSPORT_TCP) {
+			kvdex_client_set_error(c, "server %s: an rdma: address needs the verbs "
+						  "or auto transport",
+					       s->ep.name);
+			return -EPROTONOSUPPORT;
+		}
+		return srv_open(c, i, &kvdex_transport_verbs, &s->ep, false, info);
+	}
+	if (s->ep.kind == KVDEX_TRANSPORT_SHM && c->transport == KVDEX_TRANSPORT_VERBS) {
+		kvdex_client_set_error(c, "server %s: a unix: address cannot use verbs",
+				       s->ep.name);
 		return -EPROTONOSUPPORT;
 	}
 	if (s->ep.kind == KVDEX_TRANSPORT_SHM) {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Server addresses: "[name=]unix:/path" (shm) or "[name=]host:port" (tcp, or
- * shm through auto), with "[v6addr]:port" for IPv6 literals. The name is the
+ * Server addresses: "[name=]unix:/path" (shm), "[name=]host:port" (tcp, or
+ * shm or verbs through auto) or "[name=]rdma:host:port" (verbs straight to
+ * an rdma_cm listener), with "[v6addr]:port" for IPv6 literals. The name is the
  * server's placement identity (rendezvous seed); it defaults to the address
  * text so that clients given the same list agree without naming servers.
  *
@@ -107,6 +108,12 @@ kvdex_endpoint_parse(const char *s, struct kvdex_endpoint *ep)
 	if (strncmp(addr, "unix:", 5) == 0) {
 		ep->kind = KVDEX_TRANSPORT_SHM;
 		return copy_str(ep->path, sizeof(ep->path), addr + 5, strlen(addr + 5));
+	}
+	if (strncmp(addr, "rdma:", 5) == 0) {
+		int rc = parse_hostport(addr + 5, ep);
+
+		ep->kind = KVDEX_TRANSPORT_VERBS;
+		return rc;
 	}
 	return parse_hostport(addr, ep);
 }

@@ -31,7 +31,6 @@
 #define KVDEX_NS_NONE UINT32_MAX
 
 /* Torn or stale images re-read per lookup before giving up with -EAGAIN. */
-#define KVDEX_LOOKUP_MAX_RETRIES 64u
 
 #define KVDEX_TIMEOUT_DEFAULT_MS 2000
 
@@ -176,6 +175,7 @@ struct kvdex_client {
 	size_t sendcap;
 	char last_error[256];
 	struct kvdex_lookup_scratch *lk; /* lookup buffers, kept between calls */
+	uint64_t retry_deadline_ns;	 /* re-reads of torn images stop here */
 	/* Test hook: set when servers were attached by hand (no reconnects). */
 	bool no_reconnect;
 };

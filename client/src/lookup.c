@@ -20,12 +20,14 @@
  *      An overflow image must carry the home index as owner and the home
  *      image's chain_seq, else the whole chain is re-read. A chain with
  *      next != 0 continues in the next round (a dependent read).
- * Torn and stale images count in `retries`; more than
- * KVDEX_LOOKUP_MAX_RETRIES per lookup gives -EAGAIN: nothing unvalidated is
- * ever returned. After the rounds, servers whose header shows a new
- * workers_version (or whose rows were never read) get their worker rows
- * re-read and validated; then the images are merged in chain order. The next
- * batch runs only while some worker still holds every block so far.
+ * Torn and stale images count in `retries`. Re-reads back off (yield, then
+ * sleep up to 1 ms: a writer descheduled in the middle of a copy leaves its
+ * image torn for a scheduler quantum) and stop with -EAGAIN only when the
+ * client's timeout has passed since the lookup began: nothing unvalidated is
+ * ever returned, and a slow writer is not an error. After the rounds, servers whose header shows a
+ * new workers_version (or whose rows were never read) get their worker rows re-read and validated;
+ * then the images are merged in chain order. The next batch runs only while some worker still holds
+ * every block so far.
  *
  * All read buffers are 64-byte aligned slots of one pool, reset per batch;
  * images are referred to by slot index because the pool may move when it
@@ -34,8 +36,10 @@
 #include "client/src/internal.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 
@@ -57,8 +61,19 @@ struct lk_chain {
 	uint32_t home;
 	uint32_t chain_seq;
 	uint32_t next;
-	uint32_t len; /* images accepted so far */
+	uint32_t len;	   /* images accepted so far */
+	uint32_t filter;   /* the home image's ovf_filter */
+	uint8_t first_key; /* this chain's keys: first_key, key_next[...] */
 	enum lk_state state;
+};
+
+#define LK_NO_KEY 0xffu
+
+/* What a chain has told us about one key of the batch so far. */
+enum lk_key_state {
+	LK_KEY_UNSEEN = 0, /* no record yet */
+	LK_KEY_MORE,	   /* records seen, the last one says more follow */
+	LK_KEY_SETTLED,	   /* all of its records seen */
 };
 
 struct lk_img {
@@ -76,6 +91,11 @@ struct kvdex_lookup_scratch {
 	unsigned nchains;
 	unsigned key_chain[KVDEX_LOOKUP_BATCH];
 	unsigned key_srv[KVDEX_LOOKUP_BATCH];
+	uint32_t key_bit[KVDEX_LOOKUP_BATCH];  /* ovf_filter bit */
+	uint8_t key_state[KVDEX_LOOKUP_BATCH]; /* enum lk_key_state */
+	uint8_t key_next[KVDEX_LOOKUP_BATCH];  /* next key of the same chain */
+	const uint64_t *keys;		       /* the batch's keys */
+	unsigned nkeys;
 	struct lk_img *imgs;
 	unsigned nimgs, capimgs;
 	struct kvdex_read_op *ops; /* nsrv x OPS_PER_SRV */
@@ -91,6 +111,45 @@ struct kvdex_lookup_scratch {
 	unsigned ccount[KVDEX_LOOKUP_BATCH];
 	struct kvdex_merge merge;
 };
+
+/* ---- Retries ---- */
+
+static uint64_t
+lk_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+lk_retry_start(struct kvdex_client *c)
+{
+	c->retry_deadline_ns = lk_now_ns() + (uint64_t)c->timeout_ms * 1000000u;
+}
+
+/* May a lookup that has needed `retries` re-reads so far go on? Backs off
+ * first when re-reads keep coming. */
+static bool
+lk_retry_ok(const struct kvdex_client *c, uint32_t retries)
+{
+	if (retries <= 8) {
+		return true;
+	}
+	if (lk_now_ns() > c->retry_deadline_ns) {
+		return false;
+	}
+	if (retries <= 16) {
+		sched_yield();
+	} else {
+		unsigned shift = retries - 16 < 10 ? retries - 16 : 10;
+		struct timespec ts = {.tv_nsec = 1000L << shift}; /* 1 us .. ~1 ms */
+
+		nanosleep(&ts, NULL);
+	}
+	return true;
+}
 
 void
 kvdex_lookup_scratch_free(struct kvdex_lookup_scratch *lk)
@@ -386,7 +445,7 @@ rows_refresh(struct kvdex_client *c, unsigned i, uint32_t *rt, uint32_t *retries
 		for (uint32_t r = 0; r < hwm; r++) {
 			left += need[r];
 		}
-		if (*retries > KVDEX_LOOKUP_MAX_RETRIES) {
+		if (!lk_retry_ok(c, *retries)) {
 			kvdex_client_set_error(c, "server %s: worker rows kept failing validation",
 					       s->ep.name);
 			rc = -EAGAIN;
@@ -422,6 +481,9 @@ kvdex_lookup_refresh_server(struct kvdex_client *c, unsigned i, uint32_t *round_
 	uint32_t *prt = round_trips != NULL ? round_trips : &rt;
 	uint32_t *prty = retries != NULL ? retries : &rty;
 
+	if (retries == NULL) {
+		lk_retry_start(c); /* not inside a lookup: this call's own deadline */
+	}
 	for (;;) {
 		rc = lk_read(c, i, &op, 1);
 		if (rc < 0) {
@@ -432,7 +494,7 @@ kvdex_lookup_refresh_server(struct kvdex_client *c, unsigned i, uint32_t *round_
 		if (rc == 0) {
 			break;
 		}
-		if (rc != -EAGAIN || ++(*prty) > KVDEX_LOOKUP_MAX_RETRIES) {
+		if (rc != -EAGAIN || !lk_retry_ok(c, ++(*prty))) {
 			kvdex_client_set_error(c, "server %s: cannot read a valid region header",
 					       c->srv[i].ep.name);
 			return rc == -EAGAIN ? -EAGAIN : -EPROTO;
@@ -461,9 +523,13 @@ lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 			lk->imgs[k].chain = -1;
 		}
 	}
+	for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
+		lk->key_state[k] = LK_KEY_UNSEEN;
+	}
 	ch->ns_id = c->ns[lk->ns].ids[ch->srv];
 	ch->len = 0;
 	ch->next = 0;
+	ch->filter = 0;
 	if (ch->ns_id == KVDEX_NS_NONE) {
 		ch->state = LK_DONE;
 		return;
@@ -472,11 +538,37 @@ lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 	ch->state = LK_HOME;
 }
 
+#define LK_GROUP_SLOTS (2 * KVDEX_LOOKUP_BATCH)
+
+/* Index of the chain of (srv, home, ns_id) in the batch, found through the
+ * small open-addressing table grp (LK_NO_KEY = empty), or lk->nchains with
+ * its slot taken for the chain the caller is about to add. */
+static unsigned
+lk_group_slot(const struct kvdex_lookup_scratch *lk, uint8_t *grp, unsigned srv, uint32_t home,
+	      uint32_t ns_id)
+{
+	unsigned i = (home * 2654435761u ^ srv * 40503u ^ ns_id) % LK_GROUP_SLOTS;
+
+	for (;; i = (i + 1) % LK_GROUP_SLOTS) {
+		const struct lk_chain *ch;
+
+		if (grp[i] == LK_NO_KEY) {
+			grp[i] = (uint8_t)lk->nchains;
+			return lk->nchains;
+		}
+		ch = &lk->chains[grp[i]];
+		if (ch->srv == srv && ch->home == home && ch->ns_id == ns_id) {
+			return grp[i];
+		}
+	}
+}
+
 /* Map the batch's keys to servers and chains. */
 static void
 lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, unsigned n)
 {
 	const struct kvdex_client_ns *ns = &c->ns[lk->ns];
+	uint8_t grp[LK_GROUP_SLOTS];
 	size_t slot = KVDEX_HDR_SIZE;
 
 	/* Slots as large as the largest bucket of the servers concerned. */
@@ -494,22 +586,22 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 	lk->nchains = 0;
 	lk->nimgs = 0;
 	lk->nslots = 0;
+	lk->keys = keys;
+	lk->nkeys = n;
+	memset(lk->key_state, LK_KEY_UNSEEN, n);
+	memset(grp, LK_NO_KEY, sizeof(grp));
 	for (unsigned k = 0; k < n; k++) {
 		unsigned srv = lk->key_srv[k];
 		uint32_t ns_id = ns->ids[srv];
 		uint32_t home = 0;
 		unsigned ci;
 
+		lk->key_bit[k] = 0;
 		if (ns_id != KVDEX_NS_NONE) {
-			home = kvdex_home_index(&c->srv[srv].geo, (uint16_t)ns_id, keys[k]);
+			home = kvdex_home_and_bit(&c->srv[srv].geo, (uint16_t)ns_id, keys[k],
+						  &lk->key_bit[k]);
 		}
-		for (ci = 0; ci < lk->nchains; ci++) {
-			const struct lk_chain *ch = &lk->chains[ci];
-
-			if (ch->srv == srv && ch->home == home && ch->ns_id == ns_id) {
-				break;
-			}
-		}
+		ci = lk_group_slot(lk, grp, srv, home, ns_id);
 		if (ci == lk->nchains) {
 			struct lk_chain *ch = &lk->chains[lk->nchains++];
 
@@ -518,9 +610,12 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 			ch->ns_id = ns_id;
 			ch->key = keys[k];
 			ch->home = home;
+			ch->first_key = LK_NO_KEY;
 			ch->state = ns_id == KVDEX_NS_NONE ? LK_DONE : LK_HOME;
 		}
 		lk->key_chain[k] = ci;
+		lk->key_next[k] = lk->chains[ci].first_key;
+		lk->chains[ci].first_key = (uint8_t)k;
 	}
 }
 
@@ -568,6 +663,52 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 	return 0;
 }
 
+/* Record which of chain ci's keys the image has records of, and whether
+ * those records say more follow. */
+static int
+lk_note_keys(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, const void *img)
+{
+	const struct lk_chain *ch = &lk->chains[ci];
+	uint32_t bs = lk->used_geo[ch->srv].bucket_size;
+	struct kvdex_record_view rec;
+	size_t pos = 0;
+	int rc;
+
+	while ((rc = kvdex_record_next(img, bs, &pos, &rec)) == 1) {
+		if (rec.hdr.ns != ch->ns_id) {
+			continue;
+		}
+		for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
+			if (lk->keys[k] == rec.hdr.key) {
+				lk->key_state[k] = (rec.hdr.flags & KVDEX_REC_MORE)
+							   ? LK_KEY_MORE
+							   : LK_KEY_SETTLED;
+			}
+		}
+	}
+	if (rc < 0) {
+		kvdex_client_set_error(c, "server %s: malformed record", c->srv[ch->srv].ep.name);
+	}
+	return rc;
+}
+
+/* Does chain ci still hold something we need past the images read? A key
+ * not seen yet may only be in an overflow bucket if the home image's
+ * ovf_filter has its bit; a key whose last record said MORE has more. */
+static bool
+lk_chain_needs_more(const struct kvdex_lookup_scratch *lk, unsigned ci)
+{
+	const struct lk_chain *ch = &lk->chains[ci];
+
+	for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
+		if (lk->key_state[k] == LK_KEY_MORE ||
+		    (lk->key_state[k] == LK_KEY_UNSEEN && (ch->filter & lk->key_bit[k]))) {
+			return true;
+		}
+	}
+	return false;
+}
+
 /* Accept one validated bucket image into its chain. */
 static int
 lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot,
@@ -587,13 +728,18 @@ lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, 
 	}
 	if (ch->state == LK_HOME) {
 		ch->chain_seq = bh.chain_seq;
+		ch->filter = bh.ovf_filter;
 	}
 	rc = lk_img_add(lk, (int)ci, slot);
 	if (rc < 0) {
 		return rc;
 	}
 	ch->len++;
-	if (bh.next == 0) {
+	rc = lk_note_keys(c, lk, ci, lk_slot_ptr(lk, slot));
+	if (rc < 0) {
+		return rc;
+	}
+	if (bh.next == 0 || !lk_chain_needs_more(lk, ci)) {
 		ch->state = LK_DONE;
 		return 0;
 	}
@@ -739,8 +885,9 @@ lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, 
 			replan |= rc == 1;
 		}
 	}
-	if (*retries > KVDEX_LOOKUP_MAX_RETRIES) {
-		kvdex_client_set_error(c, "images kept failing validation (%u retries)", *retries);
+	if (!lk_retry_ok(c, *retries)) {
+		kvdex_client_set_error(c, "images kept failing validation (%u retries in %d ms)",
+				       *retries, c->timeout_ms);
 		return -EAGAIN;
 	}
 	return replan ? 1 : 0;
@@ -947,6 +1094,7 @@ kvdex_lookup(struct kvdex_client *c, uint32_t ns, const uint64_t *keys, size_t n
 		return -ENOMEM;
 	}
 	lk->ns = ns;
+	lk_retry_start(c);
 	for (int attempt = 0; attempt < 2; attempt++) {
 		rc = lk_run(c, lk, keys, n, flags, &rt, &retries);
 		/* A lost connection (server restart): reconnect once and redo the

@@ -10,7 +10,8 @@
  *       messages go over the unix socket the memfd came through.
  * tcp:  reads become one KVDEX_MSG_READ frame per batch, answered by the
  *       server's I/O thread (the "NIC"); messages share the connection.
- * verbs (issue 3): RDMA READ work-request lists, SEND/RECV messages.
+ * verbs: RDMA READ work-request lists into a registered landing buffer,
+ *       SEND/RECV messages with credits (transport_verbs.c).
  *
  * Validation never lives in a transport: every transport hands back raw
  * images and the lookup code (lookup.c) checks them the same way.
@@ -21,6 +22,7 @@
 #ifndef KVDEX_CLIENT_TRANSPORT_H
 #define KVDEX_CLIENT_TRANSPORT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,14 +33,15 @@ extern "C" {
 #endif
 
 struct kvdex_endpoint {
-	enum kvdex_transport kind; /* SHM for unix:, TCP for host:port */
+	enum kvdex_transport kind; /* SHM for unix:, TCP for host:port, VERBS for rdma: */
 	char name[128];		   /* placement name (rendezvous identity) */
 	char path[108];		   /* unix socket path */
 	char host[256];
 	char port[16];
 };
 
-/* Parse "[name=]unix:/path" or "[name=]host:port" ("[v6addr]:port" too). */
+/* Parse "[name=]unix:/path", "[name=]host:port" ("[v6addr]:port" too) or
+ * "[name=]rdma:host:port" (an rdma_cm listener: verbs only). */
 int kvdex_endpoint_parse(const char *s, struct kvdex_endpoint *ep);
 
 /* True if host names this machine (loopback, or an address of a local
@@ -79,16 +82,33 @@ struct kvdex_transport_ops {
 			const void *payload, size_t len);
 	int (*recv_msg)(struct kvdex_conn *conn, struct kvdex_msg *msg, int timeout_ms);
 	void (*close)(struct kvdex_conn *conn);
+	/* Optional (verbs): after Hello, the region's remote address and rkey
+	 * and the region_size they cover (HelloReply.region). */
+	int (*attach_remote)(struct kvdex_conn *conn, uint64_t remote_addr, uint32_t rkey,
+			     uint64_t region_size);
 };
 
 /* Every transport's connection starts with this. */
 struct kvdex_conn {
 	const struct kvdex_transport_ops *ops;
 	uint32_t max_msg; /* server's limit, learned from Hello */
+	char err[96];	  /* detail of the last transport failure, "" if none */
 };
 
 extern const struct kvdex_transport_ops kvdex_transport_shm;
 extern const struct kvdex_transport_ops kvdex_transport_tcp;
+extern const struct kvdex_transport_ops kvdex_transport_verbs;
+
+/*
+ * Connect over verbs with the auth token's digest in the CM private data
+ * (kvdex_transport_verbs.connect is this without a token). On failure err
+ * holds a reason (a server's reject reason when it gave one).
+ * @return 0, -ENODEV / -EHOSTUNREACH (rdma_cm cannot reach ep from a local
+ *         RDMA device), -ECONNREFUSED, -EACCES (bad token),
+ *         -EPROTONOSUPPORT (version), -ETIMEDOUT, -ENOMEM, -errno.
+ */
+int kvdex_verbs_connect(const struct kvdex_endpoint *ep, const char *auth_token, int timeout_ms,
+			struct kvdex_conn **out, char *err, size_t errlen);
 
 #ifdef __cplusplus
 }

@@ -148,6 +148,22 @@ shm_peer_gone(struct shm_conn *sc)
 	return false;
 }
 
+/* How many ops ahead of the copy their cache lines are prefetched. */
+#define SHM_PREFETCH_OPS 6u
+
+static void
+shm_prefetch(const struct shm_conn *sc, const struct kvdex_read_op *op)
+{
+	/* Only what is known to be backed: a prefetch never faults, but keep
+	 * to the mapping we are allowed to read. */
+	if (op->off + op->len > sc->safe || op->off + op->len < op->off) {
+		return;
+	}
+	for (uint32_t off = 0; off < op->len; off += KVDEX_CACHE_LINE) {
+		__builtin_prefetch(sc->map + op->off + off);
+	}
+}
+
 static int
 shm_post_reads(struct kvdex_conn *conn, struct kvdex_read_op *ops, unsigned n)
 {
@@ -159,7 +175,16 @@ shm_post_reads(struct kvdex_conn *conn, struct kvdex_read_op *ops, unsigned n)
 	if (shm_peer_gone(sc)) {
 		return -ECONNRESET;
 	}
+	for (unsigned i = 0; i < n && i < SHM_PREFETCH_OPS; i++) {
+		shm_prefetch(sc, &ops[i]);
+	}
 	for (unsigned i = 0; i < n; i++) {
+		/* The buckets of a lookup are scattered over a large region, so
+		 * each copy is a few DRAM misses: keep the next ones in flight
+		 * while this one copies, as a NIC's parallel READs would. */
+		if (i + SHM_PREFETCH_OPS < n) {
+			shm_prefetch(sc, &ops[i + SHM_PREFETCH_OPS]);
+		}
 		if (!shm_op_ok(sc, &ops[i])) {
 			ops[i].status = -ERANGE;
 			continue;

@@ -37,9 +37,10 @@ static const char main_usage[] =
 	"usage: kvdexctl [global options] COMMAND [options] [args]\n"
 	"\n"
 	"global options:\n"
-	"  --servers LIST         comma-separated [name=]host:port or [name=]unix:/path\n"
+	"  --servers LIST         comma-separated [name=]host:port, [name=]unix:/path or\n"
+	"                         [name=]rdma:host:port\n"
 	"  --config FILE          client config file\n"
-	"  --transport T          auto|shm|tcp (default auto)\n"
+	"  --transport T          auto|shm|tcp|verbs (default auto)\n"
 	"  --auth-token TOKEN     server auth token\n"
 	"  --timeout-ms N         per-exchange timeout (default 2000)\n"
 	"  -h, --help             this help; COMMAND --help for a command\n"
@@ -1138,6 +1139,8 @@ parse_global(int argc, char **argv)
 				g.transport = KVDEX_TRANSPORT_SHM;
 			} else if (strcmp(optarg, "tcp") == 0) {
 				g.transport = KVDEX_TRANSPORT_TCP;
+			} else if (strcmp(optarg, "verbs") == 0) {
+				g.transport = KVDEX_TRANSPORT_VERBS;
 			} else {
 				return usage_error(main_usage, "bad --transport '%s'", optarg);
 			}

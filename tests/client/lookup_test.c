@@ -128,8 +128,8 @@ Test(lookup, torn_bucket_is_reread)
 	tr_fini(&R);
 }
 
-/* 3: an image that never validates is never returned: -EAGAIN after the
- * retry budget. */
+/* 3: an image that never validates is never returned: -EAGAIN once the
+ * client's timeout has passed. */
 Test(lookup, always_torn_gives_eagain)
 {
 	struct kvdex_holder g0 = tr_holder(0, KVDEX_TIER_GPU, 0, 1);
@@ -143,13 +143,39 @@ Test(lookup, always_torn_gives_eagain)
 	region_with_workers(&R);
 	home = store(&R, key, 1, &g0);
 	c = one_server(&fc);
+	c->timeout_ms = 50;
 	fc->torn_off = kvdex_home_offset(&R.geo, home);
-	fc->torn_left = 1000;
+	fc->torn_left = UINT32_MAX;
 	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), -EAGAIN));
 	cr_assert(eq(u32, res.nholdings, 0));
 	cr_assert(eq(u32, res.nholdings_total, 0));
-	cr_assert(gt(u32, res.retries, KVDEX_LOOKUP_MAX_RETRIES));
+	cr_assert(gt(u32, res.retries, 16));
 	cr_assert(gt(sz, strlen(kvdex_client_last_error(c)), 0));
+	kvdex_client_destroy(c);
+	tr_fini(&R);
+}
+
+/* 3b: a writer stuck in the middle of a copy (descheduled) tears an image
+ * for many re-reads in a row; the lookup backs off and succeeds once the copy
+ * completes, well within the timeout. */
+Test(lookup, long_tear_is_waited_out)
+{
+	struct kvdex_holder g0 = tr_holder(0, KVDEX_TIER_GPU, 0, 1);
+	struct kvdex_holding out[2];
+	struct kvdex_lookup_result res = {.holdings = out, .cap = 2};
+	struct kvdex_client *c;
+	struct fake_conn *fc;
+	uint64_t key = 77;
+	uint32_t home;
+
+	region_with_workers(&R);
+	home = store(&R, key, 1, &g0);
+	c = one_server(&fc);
+	fc->torn_off = kvdex_home_offset(&R.geo, home);
+	fc->torn_left = 200;
+	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
+	cr_assert(eq(u32, res.retries, 200));
+	cr_assert(eq(u16, out[0].matched, 1));
 	kvdex_client_destroy(c);
 	tr_fini(&R);
 }
@@ -231,7 +257,8 @@ Test(lookup, stale_generation_after_resize)
 static uint32_t
 chain_setup(uint64_t key, uint32_t ov_owner_delta, uint32_t ov_seq)
 {
-	struct tr_rec home_rec = {.key = key, .ns = NS, .nh = 1};
+	/* The key's first record says more follow (the server's packing). */
+	struct tr_rec home_rec = {.key = key, .ns = NS, .nh = 1, .flags = KVDEX_REC_MORE};
 	struct tr_rec ov_rec = {.key = key, .ns = NS, .nh = 1};
 	uint32_t home = tr_home(&R, NS, key);
 
@@ -268,6 +295,73 @@ Test(lookup, overflow_chain_followed)
 	tr_fini(&R);
 }
 
+/* 6b: a chain continues, but the key's record in the home bucket is its last
+ * (no MORE) and nothing else is asked: no dependent round trip. */
+Test(lookup, overflow_not_followed_when_key_settled)
+{
+	struct kvdex_holding out[4];
+	struct kvdex_lookup_result res = {.holdings = out, .cap = 4};
+	struct tr_rec home_rec = {.key = 99, .ns = NS, .nh = 1};
+	struct tr_rec ov_rec = {.key = 98, .ns = NS, .nh = 1};
+	struct kvdex_client *c;
+	struct fake_conn *fc;
+	uint64_t key = 99;
+	uint32_t home;
+
+	region_with_workers(&R);
+	home = tr_home(&R, NS, key);
+	home_rec.h[0] = tr_holder(0, KVDEX_TIER_GPU, 0, 1);
+	ov_rec.h[0] = tr_holder(1, KVDEX_TIER_DISK, 0, 1);
+	tr_put_bucket(&R, kvdex_home_offset(&R.geo, home), home, 5, 1, KVDEX_BUCKET_HOME, &home_rec,
+		      1);
+	tr_put_bucket(&R, kvdex_overflow_offset(&R.geo, 0), home, 5, 0, KVDEX_BUCKET_OVERFLOW,
+		      &ov_rec, 1);
+	c = one_server(&fc);
+	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
+	cr_assert(eq(u32, res.round_trips, 1));
+	cr_assert(eq(u32, res.nholdings_total, 1));
+	cr_assert(eq(u32, out[0].worker_id, 100));
+	kvdex_client_destroy(c);
+	tr_fini(&R);
+}
+
+/* 6c: an absent key is looked for in the overflow bucket only when the home
+ * bucket's ovf_filter has its bit. */
+Test(lookup, overflow_filter_decides_absent_keys)
+{
+	struct kvdex_holding out[4];
+	struct kvdex_lookup_result res = {.holdings = out, .cap = 4};
+	struct tr_rec ov_rec = {.key = 77, .ns = NS, .nh = 1};
+	struct kvdex_client *c;
+	struct fake_conn *fc;
+	uint64_t key = 77;
+	uint32_t home, bit;
+	uint64_t off;
+
+	region_with_workers(&R);
+	home = tr_home(&R, NS, key);
+	bit = kvdex_ovf_bit(&R.geo, NS, key);
+	off = kvdex_home_offset(&R.geo, home);
+	ov_rec.h[0] = tr_holder(1, KVDEX_TIER_HOST, 0, 1);
+	tr_put_bucket(&R, off, home, 5, 1, KVDEX_BUCKET_HOME, NULL, 0);
+	tr_put_bucket(&R, kvdex_overflow_offset(&R.geo, 0), home, 5, 0, KVDEX_BUCKET_OVERFLOW,
+		      &ov_rec, 1);
+	c = one_server(&fc);
+	/* filter without the key's bit: the key is absent after one read */
+	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
+	cr_assert(eq(u32, res.round_trips, 1));
+	cr_assert(eq(u32, res.nholdings_total, 0));
+	/* with the bit: the overflow bucket is read and the key found there */
+	((struct kvdex_bucket_hdr *)(R.mem + off))->ovf_filter = bit;
+	kvdex_block_seal(R.mem + off, R.geo.bucket_size, R.geo.hash_seed, off);
+	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
+	cr_assert(eq(u32, res.round_trips, 2));
+	cr_assert(eq(u32, res.nholdings_total, 1));
+	cr_assert(eq(u32, out[0].worker_id, 101));
+	kvdex_client_destroy(c);
+	tr_fini(&R);
+}
+
 /* 7: an overflow image owned by another chain is never accepted. */
 Test(lookup, overflow_owner_mismatch_rejected)
 {
@@ -293,7 +387,7 @@ restamp_hook(struct fake_conn *fc, unsigned round)
 	uint64_t key = *(uint64_t *)fc->arg;
 
 	if (round == 1) {
-		struct tr_rec home_rec = {.key = key, .ns = NS, .nh = 1};
+		struct tr_rec home_rec = {.key = key, .ns = NS, .nh = 1, .flags = KVDEX_REC_MORE};
 		struct tr_rec ov_rec = {.key = key, .ns = NS, .nh = 1};
 		uint32_t home = tr_home(fc->r, NS, key);
 

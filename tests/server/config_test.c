@@ -56,7 +56,7 @@ Test(config, defaults)
 	cr_assert(eq(u64, cfg.cluster_epoch, 1));
 	cr_assert(eq(str, cfg.auth_token, ""));
 	cr_assert(eq(u64, cfg.capacity_blocks, 1048576));
-	cr_assert(eq(u64, cfg.bucket_size, 256));
+	cr_assert(eq(u64, cfg.bucket_size, 512));
 	cr_assert(eq(u64, cfg.max_region_mb, 4096));
 	cr_assert(eq(u64, cfg.max_workers, 4096));
 	cr_assert(eq(u64, cfg.max_namespaces, 1024));

@@ -207,6 +207,57 @@ struct rv_totals {
 	uint64_t chains_multi; /* chains longer than one bucket */
 };
 
+/*
+ * The packing contract readers rely on to stop early: per key, every record
+ * but the last in chain order carries KVDEX_REC_MORE and the last does not;
+ * a key with a record outside the home bucket has its bit in the home
+ * bucket's ovf_filter.
+ */
+static inline int
+rv_check_packing(const uint8_t *base, const struct kvdex_geometry *g, const struct rv_chain *ch)
+{
+	struct {
+		uint64_t key;
+		uint16_t ns;
+		uint8_t flags;
+		unsigned bucket;
+	} recs[1024];
+	struct kvdex_bucket_hdr home;
+	unsigned n = 0;
+
+	memcpy(&home, base + ch->off[0], sizeof(home));
+	for (unsigned b = 0; b < ch->len; b++) {
+		struct kvdex_record_view rv;
+		size_t pos = 0;
+
+		while (kvdex_record_next(base + ch->off[b], g->bucket_size, &pos, &rv) == 1) {
+			if (n == sizeof(recs) / sizeof(recs[0])) {
+				return -E2BIG;
+			}
+			recs[n].key = rv.hdr.key;
+			recs[n].ns = rv.hdr.ns;
+			recs[n].flags = rv.hdr.flags;
+			recs[n].bucket = b;
+			n++;
+		}
+	}
+	for (unsigned i = 0; i < n; i++) {
+		bool later = false;
+
+		for (unsigned j = i + 1; j < n; j++) {
+			later |= recs[j].key == recs[i].key && recs[j].ns == recs[i].ns;
+		}
+		if (later != ((recs[i].flags & KVDEX_REC_MORE) != 0)) {
+			return -EPROTO;
+		}
+		if (recs[i].bucket > 0 &&
+		    !(home.ovf_filter & kvdex_ovf_bit(g, recs[i].ns, recs[i].key))) {
+			return -EPROTO;
+		}
+	}
+	return 0;
+}
+
 /* Validate every chain of the live table and count what it holds. */
 static inline int
 rv_scan(const uint8_t *base, struct rv_totals *t)
@@ -222,6 +273,9 @@ rv_scan(const uint8_t *base, struct rv_totals *t)
 		struct rv_chain ch;
 
 		if (rv_chain(base, &g, home, &ch) != 0) {
+			return -EPROTO;
+		}
+		if (rv_check_packing(base, &g, &ch) != 0) {
 			return -EPROTO;
 		}
 		t->chains_multi += ch.len > 1;

@@ -99,7 +99,7 @@ Test(layout, bucket_and_record_offsets)
 	OFF(struct kvdex_bucket_hdr, used, 24);
 	OFF(struct kvdex_bucket_hdr, flags, 26);
 	OFF(struct kvdex_bucket_hdr, nrecords, 27);
-	OFF(struct kvdex_bucket_hdr, reserved, 28);
+	OFF(struct kvdex_bucket_hdr, ovf_filter, 28);
 
 	OFF(struct kvdex_record_hdr, key, 0);
 	OFF(struct kvdex_record_hdr, ns, 8);
@@ -127,7 +127,7 @@ Test(layout, constants)
 	cr_assert(eq(i32, memcmp(&(uint32_t){KVDEX_REGION_MAGIC}, "KVDX", 4), 0));
 	cr_assert(eq(u32, KVDEX_BUCKET_SIZE_MIN, 128));
 	cr_assert(eq(u32, KVDEX_BUCKET_SIZE_MAX, 4096));
-	cr_assert(eq(u32, KVDEX_BUCKET_SIZE_DEFAULT, 256));
+	cr_assert(eq(u32, KVDEX_BUCKET_SIZE_DEFAULT, 512));
 	cr_assert(eq(u32, KVDEX_NR_TIERS, 4));
 	cr_assert(eq(u32, KVDEX_TICKS_PER_SEC, 16));
 	/* TTL in ticks must stay below 128 for the 8-bit wrap compare. */
