@@ -113,6 +113,7 @@ struct kvdex_bench_server {
 /* --listen-rdma for the kvdexd that kvdex_bench_server_start() spawns
  * (NULL: kvdexd's default, auto). */
 extern const char *kvdex_bench_listen_rdma;
+extern const char *kvdex_bench_bucket_size; /* --bucket-size for kvdexd, or NULL */
 
 /*
  * Resolve the kvdexd binary: `opt` (--kvdexd), else $KVDEX_KVDEXD, else

@@ -118,6 +118,7 @@ lookup_usage(FILE *f)
 	      "  --workers W         registered workers (default 64)\n"
 	      "  --chains LIST       lookup lengths in blocks (default 1,8,32,64)\n"
 	      "  --transports LIST   shm,tcp,verbs (default shm,tcp)\n"
+	      "  --bucket-size B     --bucket-size of the spawned kvdexd (default: its own)\n"
 	      "  --listen-rdma ADDR  --listen-rdma of the spawned kvdexd (verbs: an address\n"
 	      "                      on an RDMA device, e.g. 198.18.0.1:0)\n"
 	      "  --duration-ms D     timed lookups per cell (default 2000)\n"
@@ -181,6 +182,7 @@ enum {
 	OPT_CSV,
 	OPT_CAPACITY,
 	OPT_LISTEN_RDMA,
+	OPT_BUCKET_SIZE,
 };
 
 static const struct option lookup_longopts[] = {
@@ -197,6 +199,7 @@ static const struct option lookup_longopts[] = {
 	{"csv", required_argument, NULL, OPT_CSV},
 	{"capacity-blocks", required_argument, NULL, OPT_CAPACITY},
 	{"listen-rdma", required_argument, NULL, OPT_LISTEN_RDMA},
+	{"bucket-size", required_argument, NULL, OPT_BUCKET_SIZE},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0},
 };
@@ -249,6 +252,9 @@ lookup_parse_one(int opt, const char *arg, struct lookup_opts *o)
 		return 0;
 	case OPT_CAPACITY:
 		return kvdex_bench_parse_u64("--capacity-blocks", arg, 1, 1ull << 36, &o->capacity);
+	case OPT_BUCKET_SIZE:
+		kvdex_bench_bucket_size = arg;
+		return 0;
 	case OPT_LISTEN_RDMA:
 		kvdex_bench_listen_rdma = arg;
 		return 0;

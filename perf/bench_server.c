@@ -115,6 +115,7 @@ server_read_ready(struct kvdex_bench_server *s)
 }
 
 const char *kvdex_bench_listen_rdma;
+const char *kvdex_bench_bucket_size;
 
 static void
 server_exec(const char *kvdexd, uint64_t capacity_blocks, const struct kvdex_bench_server *s,
@@ -141,6 +142,10 @@ server_exec(const char *kvdexd, uint64_t capacity_blocks, const struct kvdex_ben
 		snprintf(cap, sizeof(cap), "%" PRIu64, capacity_blocks);
 		argv[i++] = "--capacity-blocks";
 		argv[i++] = cap;
+	}
+	if (kvdex_bench_bucket_size) {
+		argv[i++] = "--bucket-size";
+		argv[i++] = kvdex_bench_bucket_size;
 	}
 	if (kvdex_bench_listen_rdma) {
 		argv[i++] = "--listen-rdma";
