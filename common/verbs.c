@@ -224,8 +224,8 @@ kvdex_verbs_comp_channel_destroy(struct ibv_comp_channel **ch, const char *comp)
 }
 
 int
-kvdex_verbs_cq_create(struct ibv_context *ctx, int depth, void *cq_ctx,
-		      struct ibv_comp_channel *ch, struct ibv_cq **out)
+kvdex_verbs_cq_create(struct ibv_context *ctx, int depth, void *cq_ctx, struct ibv_comp_channel *ch,
+		      struct ibv_cq **out)
 {
 	struct ibv_cq *cq = ibv_create_cq(ctx, depth, cq_ctx, ch, 0);
 

@@ -56,8 +56,7 @@ int kvdex_verbs_pd_get(struct ibv_context *ctx, struct ibv_pd **out);
 void kvdex_verbs_pd_put(struct ibv_pd **pd, const char *comp);
 
 /* ibv_reg_mr. @return 0 or -errno. Ownership: kvdex_verbs_dereg_mr(). */
-int kvdex_verbs_reg_mr(struct ibv_pd *pd, void *addr, size_t len, int access,
-		       struct ibv_mr **out);
+int kvdex_verbs_reg_mr(struct ibv_pd *pd, void *addr, size_t len, int access, struct ibv_mr **out);
 void kvdex_verbs_dereg_mr(struct ibv_mr **mr, const char *comp);
 
 /* A completion channel whose fd is non-blocking (for epoll / poll). */

@@ -7,15 +7,23 @@
 #
 #   deploy/install-deps.sh [--dry-run] [--with GROUP]...
 #
-# Groups: "base" (always: build + unit/integration tests). Later issues add
-# groups (e.g. "rdma-vm" for the Soft-RoCE VM suite) to PKG_GROUPS below.
+# Groups: "base" (always: build + unit/integration tests, and the perf-smoke
+# suite, whose `kvdex-bench baseline` runs start a real redis-server and
+# memcached and whose build links hiredis). "baseline" names just those three
+# packages, for a host that only runs the baselines. Later issues add groups
+# (e.g. "rdma-vm" for the Soft-RoCE VM suite) to PKG_GROUPS below.
+# Note: on a host with systemd, Debian's redis-server and memcached packages
+# also enable system services on 127.0.0.1:6379 / :11211; kvdex-bench starts
+# its own servers on free ports and does not use them.
 set -euo pipefail
 
 declare -A PKG_GROUPS=(
     [base]="build-essential meson ninja-build pkg-config libibverbs-dev librdmacm-dev
             liburcu-dev libprotobuf-c-dev protobuf-c-compiler libcriterion-dev
             libxxhash-dev libssl-dev libmsgpack-dev libzmq3-dev
-            python3 python3-zmq python3-msgpack"
+            python3 python3-zmq python3-msgpack
+            libhiredis-dev memcached redis-server"
+    [baseline]="libhiredis-dev memcached redis-server"
 )
 
 usage() {
@@ -46,6 +54,7 @@ installed() {
 missing=()
 for g in "${want[@]}"; do
     for p in ${PKG_GROUPS[$g]}; do
+        [[ " ${missing[*]} " == *" $p "* ]] && continue
         installed "$p" || missing+=("$p")
     done
 done

@@ -141,5 +141,6 @@ int kvdex_bench_server_stop(struct kvdex_bench_server *s);
 
 int kvdex_bench_lookup_main(int argc, char **argv);
 int kvdex_bench_demo_main(int argc, char **argv);
+int kvdex_bench_policy_main(int argc, char **argv);
 
 #endif /* KVDEX_PERF_BENCH_H */

@@ -98,8 +98,7 @@ static const struct opt_desc opts[] = {
 	 OPT_LOG_LEVEL, 0, 0, 0, 0},
 	{"ready-file", "PATH", "none",
 	 "written atomically once listening: pid=, tcp=host:port, unix=path, rdma=host:port lines",
-	 OPT_STR,
-	 F(ready_file), SZ(ready_file), 0, 0},
+	 OPT_STR, F(ready_file), SZ(ready_file), 0, 0},
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))

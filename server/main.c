@@ -236,8 +236,8 @@ log_startup(const struct kvdex_server *srv)
 		KVDEX_LOG_NOTICE(LOG_COMP, "listening on unix %s", srv->unix_path);
 	}
 	if (srv->rdma_listen[0] != '\0') {
-		KVDEX_LOG_NOTICE(LOG_COMP, "listening on rdma %s (region rkey %#x)", srv->rdma_listen,
-				 h->mr_rkey);
+		KVDEX_LOG_NOTICE(LOG_COMP, "listening on rdma %s (region rkey %#x)",
+				 srv->rdma_listen, h->mr_rkey);
 	}
 	KVDEX_LOG_NOTICE(LOG_COMP,
 			 "server %s: region %llu of max %llu bytes, %u-byte buckets, %u home + %u "

@@ -100,9 +100,12 @@ struct kvdex_rconn {
 	uint32_t rx_posted; /* receives on the RQ (completed ones not counted) */
 	struct wr_ctx drain_sq, drain_rq;
 	bool in_epoll;
+	bool lingering; /* closed with SENDs in flight: disconnect once they complete */
+	bool failed;	/* the QP reported an error: nothing more will complete normally */
 	bool draining;
 	bool sq_drained, rq_drained;
 	bool device_removed;
+	bool peer_gone; /* DISCONNECTED (or setup failure) seen */
 	uint64_t drain_deadline_ns;
 	struct cds_list_head link; /* kvdex_rdma.conns */
 };
@@ -261,7 +264,8 @@ rconn_create(struct kvdex_server *srv, struct rdma_cm_id *id, const struct kvdex
 		err = kvdex_verbs_comp_channel_create(id->verbs, &rc->ch);
 	}
 	if (err == 0) {
-		err = kvdex_verbs_cq_create(id->verbs, RX_DEPTH + TX_SLOTS + 4, rc, rc->ch, &rc->cq);
+		err = kvdex_verbs_cq_create(id->verbs, RX_DEPTH + TX_SLOTS + 4, rc, rc->ch,
+					    &rc->cq);
 	}
 	if (err == 0) {
 		err = kvdex_verbs_req_notify(rc->cq);
@@ -314,12 +318,11 @@ rconn_post_drain(struct kvdex_rconn *rc)
 	}
 }
 
+static void rconn_disconnect(struct kvdex_rconn *rc);
+
 void
 kvdex_rdma_conn_close(struct kvdex_server *srv, struct kvdex_rconn *rc)
 {
-	struct ibv_qp_attr qa = {.qp_state = IBV_QPS_ERR};
-	int err;
-
 	rc->conn = NULL;
 	if (rc->draining) {
 		return;
@@ -331,6 +334,22 @@ kvdex_rdma_conn_close(struct kvdex_server *srv, struct kvdex_rconn *rc)
 		rconn_destroy(srv, rc); /* after DEVICE_REMOVAL: destroy calls only */
 		return;
 	}
+	if (rc->ntx_free < TX_SLOTS && !rc->failed && !rc->peer_gone) {
+		/* The last replies (a fatal ErrorReply, say) are still going
+		 * out: disconnecting now would flush them. */
+		rc->lingering = true;
+		return;
+	}
+	rconn_disconnect(rc);
+}
+
+static void
+rconn_disconnect(struct kvdex_rconn *rc)
+{
+	struct ibv_qp_attr qa = {.qp_state = IBV_QPS_ERR};
+	int err;
+
+	rc->lingering = false;
 	if (rdma_disconnect(rc->id) != 0) {
 		/* EINVAL when the connection never got established. */
 		KVDEX_LOG_DEBUG(LOG_COMP, "conn %llu: rdma_disconnect: %s",
@@ -340,8 +359,8 @@ kvdex_rdma_conn_close(struct kvdex_server *srv, struct kvdex_rconn *rc)
 	 * gets there here, so that its receives flush too. */
 	err = ibv_modify_qp(rc->id->qp, &qa, IBV_QP_STATE);
 	if (err != 0) {
-		KVDEX_LOG_WARN(LOG_COMP, "conn %llu: QP to ERR: %s", (unsigned long long)rc->conn_id,
-			       strerror(err));
+		KVDEX_LOG_WARN(LOG_COMP, "conn %llu: QP to ERR: %s",
+			       (unsigned long long)rc->conn_id, strerror(err));
 	}
 	rconn_post_drain(rc);
 	KVDEX_LOG_DEBUG(LOG_COMP, "conn %llu: disconnecting, draining",
@@ -499,6 +518,7 @@ rconn_wc(struct kvdex_server *srv, struct kvdex_rconn *rc, const struct ibv_wc *
 				    (unsigned long long)rc->conn_id, ibv_wc_status_str(wc->status),
 				    wc->vendor_err);
 		KVDEX_CTR_INC(srv, rdma_qp_errors);
+		rc->failed = true;
 		return wc->status == IBV_WC_WR_FLUSH_ERR ? -ECONNRESET : -EIO;
 	}
 	if (x->tag == WR_RECV) {
@@ -544,7 +564,10 @@ rconn_poll(struct kvdex_server *srv, struct kvdex_rconn *rc)
 		}
 		kvdex_sconn_put(c);
 	}
-	if (rc->draining && rc->sq_drained && rc->rx_posted == 0) {
+	if (rc->lingering && (rc->ntx_free == TX_SLOTS || rc->failed || err != 0)) {
+		rconn_disconnect(rc);
+	}
+	if (rc->draining && !rc->lingering && rc->sq_drained && rc->rx_posted == 0) {
 		rconn_destroy(srv, rc);
 	}
 }
@@ -725,10 +748,13 @@ cm_conn_gone(struct kvdex_server *srv, struct kvdex_rconn *rc, const char *what)
 		return;
 	}
 	KVDEX_LOG_DEBUG(LOG_COMP, "conn %llu: %s", (unsigned long long)rc->conn_id, what);
+	rc->peer_gone = true;
 	if (rc->conn != NULL) {
 		kvdex_io_conn_close(srv, rc->conn);
 	} else if (!rc->draining) {
 		kvdex_rdma_conn_close(srv, rc);
+	} else if (rc->lingering) {
+		rconn_disconnect(rc); /* nobody left to receive them */
 	}
 }
 
@@ -948,8 +974,7 @@ listen_setup(struct kvdex_server *srv, const char *host, uint16_t port)
 		return rc;
 	}
 	port = ntohs(rdma_get_src_port(r->listen_id));
-	snprintf(srv->rdma_listen, sizeof(srv->rdma_listen), v6 ? "[%s]:%u" : "%s:%u", host,
-		 port);
+	snprintf(srv->rdma_listen, sizeof(srv->rdma_listen), v6 ? "[%s]:%u" : "%s:%u", host, port);
 	r->check_token = srv->cfg.auth_token[0] != '\0';
 	kvdex_verbs_token_digest(srv->cfg.auth_token, r->token_digest);
 	return 0;
@@ -1024,11 +1049,12 @@ kvdex_rdma_tick(struct kvdex_server *srv)
 	cds_list_for_each_entry_safe(rc, tmp, &srv->rdma->conns, link)
 	{
 		if (rc->draining && now >= rc->drain_deadline_ns) {
-			KVDEX_LOG_WARN(LOG_COMP,
-				       "conn %llu: drain timed out (SQ %s, RQ %s): destroying the QP",
-				       (unsigned long long)rc->conn_id,
-				       rc->sq_drained ? "drained" : "not drained",
-				       rc->rx_posted == 0 ? "drained" : "not drained");
+			KVDEX_LOG_WARN(
+				LOG_COMP,
+				"conn %llu: drain timed out (SQ %s, RQ %s): destroying the QP",
+				(unsigned long long)rc->conn_id,
+				rc->sq_drained ? "drained" : "not drained",
+				rc->rx_posted == 0 ? "drained" : "not drained");
 			rconn_destroy(srv, rc);
 		}
 	}

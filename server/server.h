@@ -57,6 +57,7 @@ extern "C" {
 	X(stale_incarnation)                                                                       \
 	X(malformed_requests)                                                                      \
 	X(publish_batches)                                                                         \
+	X(spec_publishes)                                                                          \
 	X(events_applied)                                                                          \
 	X(events_ignored)                                                                          \
 	X(seq_gaps)                                                                                \

@@ -347,6 +347,28 @@ publish_check_event(struct kvdex_server *srv, struct kvdex_sconn *conn, const st
 	return 0;
 }
 
+/* A speculative-only batch (a router's guesses) may carry nothing but
+ * speculative STOREDs: anything else would let a router change what a
+ * worker really holds without going through the worker's seq stream. */
+static int
+publish_check_spec_only(struct kvdex_server *srv, struct kvdex_sconn *conn,
+			const struct kvdex_req *req, const Kvdex__Publish *m)
+{
+	for (size_t i = 0; i < m->n_events; i++) {
+		const Kvdex__Event *e = m->events[i];
+
+		if (e->type != KVDEX__EVENT__TYPE__STORED || !e->speculative || e->fused) {
+			KVDEX_CTR_INC(srv, malformed_requests);
+			reply_error(srv, conn, req->req_id, KVDEX__CODE__MALFORMED, false,
+				    "event %zu: a speculative_only batch holds only speculative "
+				    "STORED events",
+				    i);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 /* Step 1 of DESIGN §4: validate the whole batch. */
 static int
 publish_validate(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex_req *req,
@@ -376,7 +398,7 @@ publish_validate(struct kvdex_server *srv, struct kvdex_sconn *conn, const struc
 			return rc;
 		}
 	}
-	return 0;
+	return m->speculative_only ? publish_check_spec_only(srv, conn, req, m) : 0;
 }
 
 static void
@@ -516,6 +538,28 @@ publish_run(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvd
 	publish_reply(srv, conn, req, &r, &pc);
 }
 
+/*
+ * A speculative-only batch: a router saying "this worker will soon hold these
+ * blocks". The router is not the worker's publisher, so the batch bypasses
+ * steps 2 and 3 (incarnation, seq) and leaves the publisher's state alone; a
+ * later real STORED of the same block converts the speculative holder.
+ */
+static void
+publish_run_spec(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex_req *req,
+		 const Kvdex__Publish *m, uint16_t slot)
+{
+	Kvdex__PublishReply r = KVDEX__PUBLISH_REPLY__INIT;
+	struct pub_ctx pc = {.slot = slot};
+
+	for (size_t i = 0; i < m->n_events; i++) {
+		publish_apply_event(srv, &pc, m->events[i]);
+	}
+	KVDEX_CTR_INC(srv, spec_publishes);
+	KVDEX_CTR_ADD(srv, events_applied, pc.applied);
+	KVDEX_CTR_ADD(srv, events_ignored, pc.ignored);
+	publish_reply(srv, conn, req, &r, &pc);
+}
+
 static void
 h_publish(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex_req *req)
 {
@@ -527,7 +571,11 @@ h_publish(struct kvdex_server *srv, struct kvdex_sconn *conn, const struct kvdex
 		return;
 	}
 	if (publish_validate(srv, conn, req, m, &slot) == 0) {
-		publish_run(srv, conn, req, m, slot);
+		if (m->speculative_only) {
+			publish_run_spec(srv, conn, req, m, slot);
+		} else {
+			publish_run(srv, conn, req, m, slot);
+		}
 	}
 	kvdex__publish__free_unpacked(m, NULL);
 }

@@ -594,8 +594,9 @@ srv_connect(struct kvdex_client *c, unsigned i, struct hello_info *info)
 
 	if (s->ep.kind == KVDEX_TRANSPORT_VERBS) {
 		if (c->transport == KVDEX_TRANSPORT_SHM || c->transport == KVDEX_TRANSPORT_TCP) {
-			kvdex_client_set_error(c, "server %s: an rdma: address needs the verbs "
-						  "or auto transport",
+			kvdex_client_set_error(c,
+					       "server %s: an rdma: address needs the verbs "
+					       "or auto transport",
 					       s->ep.name);
 			return -EPROTONOSUPPORT;
 		}

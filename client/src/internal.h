@@ -10,7 +10,8 @@
  *   transport_shm.c, transport_tcp.c   the transports (transport.h)
  *   client.c     connections, Hello, control requests, publish, stats
  *   merge.c      pure "validated images + worker rows -> lookup result"
- *   lookup.c     the read rounds of a lookup (DESIGN §5)
+ *   lookup.c     the read rounds of a lookup (DESIGN §5), fresh worker rows
+ *   route*.c     routing hints (kvdex/route.h, docs/ROUTING.md)
  *
  * Nothing here is locked: a client is used by one thread at a time.
  */
@@ -155,6 +156,9 @@ struct kvdex_server {
 	uint32_t nrows, rows_cap;
 	uint32_t rows_version;
 	bool rows_valid;
+	/* clock_ticks of the header read with (or just before) the rows: the
+	 * loads' age is rows_clock - load_ticks (route_load.c). */
+	uint32_t rows_clock;
 };
 
 struct kvdex_client {
@@ -202,6 +206,13 @@ int kvdex_client_server_restarted(struct kvdex_client *c, unsigned i, uint64_t i
  * workers_version moved. Counts round trips and retries if given. */
 int kvdex_lookup_refresh_server(struct kvdex_client *c, unsigned i, uint32_t *round_trips,
 				uint32_t *retries);
+
+/* Read server i's header and every worker row in one round trip (fresh loads
+ * for kvdex_workers_read()); falls back to a second round when rows were torn
+ * or the worker table changed meanwhile. Counts round trips and retries if
+ * given. */
+int kvdex_lookup_read_rows(struct kvdex_client *c, unsigned i, uint32_t *round_trips,
+			   uint32_t *retries);
 
 void kvdex_lookup_scratch_free(struct kvdex_lookup_scratch *lk);
 

@@ -32,8 +32,18 @@
  * All read buffers are 64-byte aligned slots of one pool, reset per batch;
  * images are referred to by slot index because the pool may move when it
  * grows (only between rounds, never while reads are posted).
+ *
+ * Fresh loads (KVDEX_LOOKUP_FRESH_LOADS, kvdex/route.h): the first round of
+ * the first batch also reads every worker row of each server concerned, in
+ * the same post as the header and the buckets, straight into the server's
+ * row cache (which is marked invalid until the rows validate). Rows read
+ * that way are adopted only if the header read with them shows the worker
+ * table unchanged (same workers_version and hwm as the cached rows): a read
+ * batch has no internal ordering, so a row table that changed meanwhile is
+ * re-read after the header instead (rows_refresh), as without the flag.
  */
 #include "client/src/internal.h"
+#include "kvdex/route.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -44,9 +54,14 @@
 #include "common/log.h"
 
 #define LOG_COMP "client.lookup"
-#define OPS_PER_SRV (1u + KVDEX_LOOKUP_BATCH)
 #define ROWS_PER_OP 512u  /* 64 KiB of rows per read op (KVDEX_READ_MAX_LEN) */
 #define ROWS_MAX_OPS 512u /* KVDEX_READ_MAX_OPS */
+/* Row reads riding in a lookup round: up to 8 x 512 rows; a larger worker
+ * table is read by rows_refresh in its own round trips. */
+#define LK_ROW_OPS 8u
+#define OPS_PER_SRV (1u + KVDEX_LOOKUP_BATCH + LK_ROW_OPS)
+#define LK_OP_HDR (-1)
+#define LK_OP_ROWS (-2)
 
 enum lk_state {
 	LK_HOME = 0, /* read the home bucket next */
@@ -105,7 +120,11 @@ struct kvdex_lookup_scratch {
 	struct kvdex_geometry *used_geo;
 	bool *srv_used;
 	struct kvdex_merge_srv *views;
-	const void **gather; /* images grouped by chain */
+	bool *rows_want;      /* per server: fresh rows still to read this lookup */
+	bool *rows_was_valid; /* per server: row cache valid when the read was posted */
+	bool *rows_pending;   /* per server: rows invalidated by this lookup's reads */
+	uint32_t *rows_hwm;   /* per server: rows covered by the posted reads */
+	const void **gather;  /* images grouped by chain */
 	unsigned capgather;
 	unsigned cstart[KVDEX_LOOKUP_BATCH];
 	unsigned ccount[KVDEX_LOOKUP_BATCH];
@@ -166,6 +185,10 @@ kvdex_lookup_scratch_free(struct kvdex_lookup_scratch *lk)
 	free(lk->used_geo);
 	free(lk->srv_used);
 	free(lk->views);
+	free(lk->rows_want);
+	free(lk->rows_was_valid);
+	free(lk->rows_hwm);
+	free(lk->rows_pending);
 	free(lk->gather);
 	kvdex_merge_fini(&lk->merge);
 	free(lk);
@@ -193,9 +216,14 @@ lk_get(struct kvdex_client *c)
 	lk->used_geo = calloc(n, sizeof(*lk->used_geo));
 	lk->srv_used = calloc(n, sizeof(*lk->srv_used));
 	lk->views = calloc(n, sizeof(*lk->views));
+	lk->rows_want = calloc(n, sizeof(*lk->rows_want));
+	lk->rows_was_valid = calloc(n, sizeof(*lk->rows_was_valid));
+	lk->rows_hwm = calloc(n, sizeof(*lk->rows_hwm));
+	lk->rows_pending = calloc(n, sizeof(*lk->rows_pending));
 	if (lk->ops == NULL || lk->op_chain == NULL || lk->op_slot == NULL ||
 	    lk->srv_nops == NULL || lk->used_geo == NULL || lk->srv_used == NULL ||
-	    lk->views == NULL) {
+	    lk->views == NULL || lk->rows_want == NULL || lk->rows_was_valid == NULL ||
+	    lk->rows_hwm == NULL || lk->rows_pending == NULL) {
 		kvdex_lookup_scratch_free(lk);
 		return NULL;
 	}
@@ -455,6 +483,7 @@ rows_refresh(struct kvdex_client *c, unsigned i, uint32_t *rt, uint32_t *retries
 	s->nrows = hwm;
 	s->rows_version = s->hdr.workers_version;
 	s->rows_valid = true;
+	s->rows_clock = s->hdr.clock_ticks;
 out:
 	free(need);
 	free(ops);
@@ -466,6 +495,74 @@ rows_stale(const struct kvdex_server *s)
 {
 	return !s->rows_valid || s->rows_version != s->hdr.workers_version ||
 	       s->nrows != s->hdr.workers_hwm;
+}
+
+/* ---- Fresh rows: read in the same batch as a header ------------------------------- */
+
+/*
+ * Plan reads of rows [0, hwm) of the cached header straight into s->rows, at
+ * most `max` ops. Returns the number of ops (or -ENOMEM) and the rows they
+ * cover. The row cache is invalid from here until rows_adopt() accepts it.
+ */
+static int
+rows_plan_fresh(struct kvdex_server *s, struct kvdex_read_op *ops, unsigned max, uint32_t *covered)
+{
+	uint32_t hwm = s->hdr.workers_hwm;
+	uint32_t r = 0;
+	unsigned n = 0;
+
+	if (rows_reserve(s, hwm) < 0) {
+		return -ENOMEM;
+	}
+	s->rows_valid = false;
+	for (; r < hwm && n < max; r += ROWS_PER_OP, n++) {
+		uint32_t cnt = hwm - r < ROWS_PER_OP ? hwm - r : ROWS_PER_OP;
+
+		ops[n].off = kvdex_row_offset(&s->hdr, r);
+		ops[n].len = cnt * KVDEX_ROW_SIZE;
+		ops[n].buf = &s->rows[r];
+		ops[n].status = 0;
+	}
+	*covered = r < hwm ? r : hwm;
+	return (int)n;
+}
+
+/* Did every row of the completed ops validate (or is it a never-written row)? */
+static bool
+rows_check_fresh(const struct kvdex_server *s, const struct kvdex_read_op *ops, unsigned n)
+{
+	for (unsigned k = 0; k < n; k++) {
+		uint32_t first = (uint32_t)((ops[k].off - s->hdr.workers_off) / KVDEX_ROW_SIZE);
+
+		if (ops[k].status != 0) {
+			return false;
+		}
+		for (uint32_t r = first; r < first + ops[k].len / KVDEX_ROW_SIZE; r++) {
+			if (kvdex_row_check(&s->rows[r], s->hdr.hash_seed,
+					    kvdex_row_offset(&s->hdr, r)) != 0 &&
+			    !row_is_blank(&s->rows[r])) {
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/*
+ * Accept rows [0, covered) read in the same batch as the header now cached,
+ * only if the worker table cannot have changed under them: the cache held
+ * valid rows of the same workers_version before, and they cover its hwm.
+ * Otherwise the cache stays invalid and rows_refresh() re-reads it.
+ */
+static void
+rows_adopt(struct kvdex_server *s, bool was_valid, uint32_t covered, bool ok)
+{
+	if (ok && was_valid && covered == s->hdr.workers_hwm &&
+	    s->rows_version == s->hdr.workers_version) {
+		s->nrows = covered;
+		s->rows_valid = true;
+		s->rows_clock = s->hdr.clock_ticks;
+	}
 }
 
 int
@@ -505,6 +602,62 @@ kvdex_lookup_refresh_server(struct kvdex_client *c, unsigned i, uint32_t *round_
 		return rc;
 	}
 	if (rows_stale(&c->srv[i])) {
+		return rows_refresh(c, i, prt, prty);
+	}
+	return 0;
+}
+
+int
+kvdex_lookup_read_rows(struct kvdex_client *c, unsigned i, uint32_t *round_trips, uint32_t *retries)
+{
+	struct kvdex_region_hdr hdr __attribute__((aligned(64)));
+	struct kvdex_read_op ops[1 + LK_ROW_OPS];
+	struct kvdex_server *s = &c->srv[i];
+	uint32_t rt = 0, rty = 0, covered = 0;
+	uint32_t *prt = round_trips != NULL ? round_trips : &rt;
+	uint32_t *prty = retries != NULL ? retries : &rty;
+	bool was_valid, reset;
+	int n, rc;
+
+	if (retries == NULL) {
+		lk_retry_start(c);
+	}
+	rc = kvdex_client_ensure_conn(c, i);
+	if (rc < 0) {
+		return rc;
+	}
+	if (!s->have_hdr) {
+		/* First contact: header, then every row, both fresh. */
+		return kvdex_lookup_refresh_server(c, i, prt, prty);
+	}
+	was_valid = s->rows_valid;
+	for (;;) {
+		n = rows_plan_fresh(s, ops + 1, LK_ROW_OPS, &covered);
+		if (n < 0) {
+			return n;
+		}
+		ops[0] = (struct kvdex_read_op){.off = 0, .len = KVDEX_HDR_SIZE, .buf = &hdr};
+		rc = lk_read(c, i, ops, (unsigned)n + 1);
+		if (rc < 0) {
+			return rc;
+		}
+		(*prt)++;
+		rc = ops[0].status < 0 ? ops[0].status : kvdex_hdr_check(&hdr);
+		if (rc == 0) {
+			break;
+		}
+		if (rc != -EAGAIN || !lk_retry_ok(c, ++(*prty))) {
+			kvdex_client_set_error(c, "server %s: cannot read a valid region header",
+					       s->ep.name);
+			return rc == -EAGAIN ? -EAGAIN : -EPROTO;
+		}
+	}
+	rc = lk_apply_hdr(c, i, &hdr, NULL, &reset);
+	if (rc < 0) {
+		return rc;
+	}
+	rows_adopt(s, was_valid, covered, rows_check_fresh(s, ops + 1, (unsigned)n));
+	if (rows_stale(s)) {
 		return rows_refresh(c, i, prt, prty);
 	}
 	return 0;
@@ -621,6 +774,52 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 
 /* ---- Rounds --------------------------------------------------------------------- */
 
+/* The header op of server s's round: the first op. */
+static int
+lk_plan_hdr(struct kvdex_lookup_scratch *lk, unsigned base)
+{
+	int rc = lk_slot_alloc(lk, &lk->op_slot[base]);
+
+	if (rc < 0) {
+		return rc;
+	}
+	lk->op_chain[base] = LK_OP_HDR;
+	lk->ops[base].off = 0;
+	lk->ops[base].len = KVDEX_HDR_SIZE;
+	return 0;
+}
+
+/* Fresh loads: append reads of server s's worker rows to its round. */
+static int
+lk_plan_rows(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s, unsigned *n)
+{
+	unsigned base = s * OPS_PER_SRV;
+	struct kvdex_server *sv = &c->srv[s];
+	int rc;
+
+	if (*n == 0) {
+		rc = lk_plan_hdr(lk, base);
+		if (rc < 0) {
+			return rc;
+		}
+		*n = 1;
+	}
+	if (!lk->rows_pending[s]) {
+		/* Whether the cache was valid before our reads clobbered it. */
+		lk->rows_was_valid[s] = sv->rows_valid;
+		lk->rows_pending[s] = true;
+	}
+	rc = rows_plan_fresh(sv, &lk->ops[base + *n], LK_ROW_OPS, &lk->rows_hwm[s]);
+	if (rc < 0) {
+		return rc;
+	}
+	for (int k = 0; k < rc; k++) {
+		lk->op_chain[base + *n + (unsigned)k] = LK_OP_ROWS;
+	}
+	*n += (unsigned)rc;
+	return 0;
+}
+
 static int
 lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s)
 {
@@ -638,13 +837,10 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 		}
 		if (n == 0) {
 			/* The header rides in every round of a server. */
-			rc = lk_slot_alloc(lk, &lk->op_slot[base]);
+			rc = lk_plan_hdr(lk, base);
 			if (rc < 0) {
 				return rc;
 			}
-			lk->op_chain[base] = -1;
-			lk->ops[base].off = 0;
-			lk->ops[base].len = KVDEX_HDR_SIZE;
 			n = 1;
 		}
 		rc = lk_slot_alloc(lk, &lk->op_slot[base + n]);
@@ -657,6 +853,12 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 						: kvdex_overflow_offset(g, ch->next - 1);
 		lk->ops[base + n].len = g->bucket_size;
 		n++;
+	}
+	if (lk->rows_want[s] && lk->srv_used[s]) {
+		rc = lk_plan_rows(c, lk, s, &n);
+		if (rc < 0) {
+			return rc;
+		}
 	}
 	lk->srv_nops[s] = n;
 	lk->used_geo[s] = c->srv[s].geo;
@@ -822,6 +1024,14 @@ lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsig
 		return 1;
 	}
 	for (unsigned k = 1; k < lk->srv_nops[s]; k++) {
+		if (lk->op_chain[base + k] == LK_OP_ROWS) {
+			/* Rows come last: every op from here on is a row read. */
+			rows_adopt(&c->srv[s], lk->rows_was_valid[s], lk->rows_hwm[s],
+				   rows_check_fresh(&c->srv[s], &lk->ops[base + k],
+						    lk->srv_nops[s] - k));
+			lk->rows_want[s] = false;
+			break;
+		}
 		rc = lk_check_bucket(c, lk, base + k, retries);
 		if (rc < 0) {
 			return rc;
@@ -850,7 +1060,9 @@ lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, 
 		unsigned base = s * OPS_PER_SRV;
 
 		for (unsigned k = 0; k < lk->srv_nops[s]; k++) {
-			lk->ops[base + k].buf = lk_slot_ptr(lk, lk->op_slot[base + k]);
+			if (lk->op_chain[base + k] != LK_OP_ROWS) { /* rows: into s->rows */
+				lk->ops[base + k].buf = lk_slot_ptr(lk, lk->op_slot[base + k]);
+			}
 		}
 		if (lk->srv_nops[s] > 0) {
 			struct kvdex_conn *conn = c->srv[s].conn;
@@ -1054,7 +1266,12 @@ lk_run(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *
 	int rc = 0;
 
 	kvdex_merge_fini(&lk->merge);
-	kvdex_merge_init(&lk->merge, flags);
+	kvdex_merge_init(&lk->merge, flags & ~KVDEX_LOOKUP_FRESH_LOADS);
+	for (unsigned s = 0; s < c->nsrv; s++) {
+		/* Fresh loads ride with the first batch only. */
+		lk->rows_want[s] = (flags & KVDEX_LOOKUP_FRESH_LOADS) != 0;
+		lk->rows_pending[s] = false;
+	}
 	for (size_t off = 0; off < n && kvdex_merge_alive(&lk->merge); off += KVDEX_LOOKUP_BATCH) {
 		size_t cnt = n - off < KVDEX_LOOKUP_BATCH ? n - off : KVDEX_LOOKUP_BATCH;
 
@@ -1062,6 +1279,7 @@ lk_run(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *
 		if (rc < 0) {
 			break;
 		}
+		memset(lk->rows_want, 0, c->nsrv * sizeof(*lk->rows_want));
 	}
 	return rc;
 }

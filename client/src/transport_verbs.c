@@ -112,7 +112,7 @@ struct vb_conn {
 	unsigned ntx_free;
 	uint32_t credits, peer_frag, reposted;
 	uint32_t rx_posted; /* receives on the RQ */
-	uint8_t *sbuf; /* received stream: [shead, stail) unconsumed */
+	uint8_t *sbuf;	    /* received stream: [shead, stail) unconsumed */
 	size_t scap, shead, stail;
 	uint8_t *msg_out; /* the frame recv_msg returned last */
 	size_t msg_cap;
@@ -300,8 +300,8 @@ vb_buffers(struct vb_conn *vc)
 	    posix_memalign((void **)&vc->tx_buf, 4096, (size_t)TX_SLOTS * FRAG) != 0) {
 		return -ENOMEM;
 	}
-	rc = kvdex_verbs_reg_mr(vc->pd, vc->rx_buf, (size_t)RX_DEPTH * FRAG,
-				IBV_ACCESS_LOCAL_WRITE, &vc->rx_mr);
+	rc = kvdex_verbs_reg_mr(vc->pd, vc->rx_buf, (size_t)RX_DEPTH * FRAG, IBV_ACCESS_LOCAL_WRITE,
+				&vc->rx_mr);
 	if (rc == 0) {
 		rc = kvdex_verbs_reg_mr(vc->pd, vc->tx_buf, (size_t)TX_SLOTS * FRAG, 0, &vc->tx_mr);
 	}
@@ -437,22 +437,21 @@ vb_connected(struct vb_conn *vc, struct rdma_cm_event *ev)
 	int rc = 0;
 
 	if (ev->event == RDMA_CM_EVENT_REJECTED) {
-		rc = kvdex_cm_rej_find(ev->param.conn.private_data,
-				       ev->param.conn.private_data_len, &rej);
+		rc = kvdex_cm_rej_find(ev->param.conn.private_data, ev->param.conn.private_data_len,
+				       &rej);
 		if (rc == 0) {
 			snprintf(vc->base.err, sizeof(vc->base.err), "rejected by the server: %.*s",
 				 (int)rej.len, rej.reason);
 			rc = rej_errno(rej.code);
 		} else {
-			snprintf(vc->base.err, sizeof(vc->base.err), "rdma_cm: REJECTED (status %d)",
-				 ev->status);
+			snprintf(vc->base.err, sizeof(vc->base.err),
+				 "rdma_cm: REJECTED (status %d)", ev->status);
 			rc = -EAGAIN; /* no kvdex data: no listener yet, or a CM hiccup */
 		}
 		rdma_ack_cm_event(ev);
 		return rc;
 	}
-	if (ev->param.conn.private_data == NULL ||
-	    ev->param.conn.private_data_len < sizeof(rep)) {
+	if (ev->param.conn.private_data == NULL || ev->param.conn.private_data_len < sizeof(rep)) {
 		rc = -EPROTO;
 	} else {
 		memcpy(&rep, ev->param.conn.private_data, sizeof(rep));
@@ -463,7 +462,8 @@ vb_connected(struct vb_conn *vc, struct rdma_cm_event *ev)
 	}
 	rdma_ack_cm_event(ev);
 	if (rc != 0) {
-		snprintf(vc->base.err, sizeof(vc->base.err), "%s", "bad accept data from the server");
+		snprintf(vc->base.err, sizeof(vc->base.err), "%s",
+			 "bad accept data from the server");
 		return rc;
 	}
 	vc->connected = true;
@@ -510,9 +510,10 @@ vb_connect_req(struct vb_conn *vc, const char *token, uint64_t deadline_ms)
 	/* Outstanding READs we ask for; the server grants up to its device's
 	 * max_qp_rd_atom and the QP ends up with the minimum (read back in
 	 * vb_connected). */
-	p.initiator_depth = (uint8_t)(da.max_qp_init_rd_atom < (int)READ_BUDGET
-					      ? (da.max_qp_init_rd_atom > 0 ? da.max_qp_init_rd_atom : 1)
-					      : (int)READ_BUDGET);
+	p.initiator_depth =
+		(uint8_t)(da.max_qp_init_rd_atom < (int)READ_BUDGET
+				  ? (da.max_qp_init_rd_atom > 0 ? da.max_qp_init_rd_atom : 1)
+				  : (int)READ_BUDGET);
 	if (rdma_connect(vc->id, &p) != 0) {
 		rc = -errno;
 		snprintf(vc->base.err, sizeof(vc->base.err), "rdma_connect: %s", strerror(-rc));
@@ -615,8 +616,7 @@ vb_attach_region(struct kvdex_conn *conn, int region_fd, uint64_t region_max)
 }
 
 static int
-vb_attach_remote(struct kvdex_conn *conn, uint64_t remote_addr, uint32_t rkey,
-		 uint64_t region_size)
+vb_attach_remote(struct kvdex_conn *conn, uint64_t remote_addr, uint32_t rkey, uint64_t region_size)
 {
 	struct vb_conn *vc = (struct vb_conn *)conn;
 
@@ -727,10 +727,10 @@ static int
 wc_errno(enum ibv_wc_status st)
 {
 	switch (st) {
-	case IBV_WC_WR_FLUSH_ERR:    /* the QP went down */
-	case IBV_WC_RETRY_EXC_ERR:   /* the server stopped answering */
+	case IBV_WC_WR_FLUSH_ERR:  /* the QP went down */
+	case IBV_WC_RETRY_EXC_ERR: /* the server stopped answering */
 	case IBV_WC_RNR_RETRY_EXC_ERR:
-	case IBV_WC_REM_ACCESS_ERR:  /* an rkey past its grace period: reconnect */
+	case IBV_WC_REM_ACCESS_ERR: /* an rkey past its grace period: reconnect */
 	case IBV_WC_REM_INV_REQ_ERR:
 		return -ECONNRESET;
 	default:
@@ -978,7 +978,8 @@ vb_plan(struct vb_conn *vc, struct kvdex_read_op *ops, unsigned n)
 	rc = vb_ops_reserve(vc, n);
 	for (unsigned i = 0; i < n && rc == 0; i++) {
 		vc->op_land[i] = off;
-		off += ((size_t)ops[i].len + KVDEX_CACHE_LINE - 1) & ~(size_t)(KVDEX_CACHE_LINE - 1);
+		off += ((size_t)ops[i].len + KVDEX_CACHE_LINE - 1) &
+		       ~(size_t)(KVDEX_CACHE_LINE - 1);
 	}
 	if (rc == 0) {
 		rc = vb_land_reserve(vc, off);
@@ -1270,7 +1271,8 @@ vb_drain(struct vb_conn *vc)
 	vc->read_pending = false;
 	vc->sq_drained = kvdex_verbs_post_send(vc->id->qp, &swr) != 0;
 	if (vb_wait(vc, vb_drained, kvdex_now_ms() + CLOSE_DRAIN_MS, false) != 0) {
-		KVDEX_LOG_WARN(LOG_COMP, "drain timed out (SQ %s, %u RECVs left): destroying the QP",
+		KVDEX_LOG_WARN(LOG_COMP,
+			       "drain timed out (SQ %s, %u RECVs left): destroying the QP",
 			       vc->sq_drained ? "drained" : "not drained", vc->rx_posted);
 	}
 }

@@ -252,9 +252,11 @@ child_client(const char *raddr, struct kvdex_client **c, const struct kvdex_ns_d
 	}
 }
 
-/* Run this executable as a helper: argv after the program name. */
+/* Run this executable as a helper: argv after the program name. Only
+ * stdio and the fds keep1/keep2 (-1: none) stay open in it, so that it holds
+ * no other end of the test's pipes. */
 static pid_t
-spawn_child(const char *const *args)
+spawn_child(const char *const *args, int keep1, int keep2)
 {
 	const char *argv[16] = {"/proc/self/exe", "--child"};
 	size_t n = 2;
@@ -280,6 +282,11 @@ spawn_child(const char *const *args)
 			}
 		}
 		env[k] = NULL;
+		for (int fd = 3; fd < 1024; fd++) {
+			if (fd != keep1 && fd != keep2) {
+				close(fd);
+			}
+		}
 		execve(argv[0], (char *const *)argv, env);
 		_exit(127);
 	}
@@ -338,7 +345,8 @@ Test(verbs, client_killed)
 	{
 		char fd[24];
 
-		pid = spawn_child(H_ARGS("loop", raddr, "3", "64", fmt_u64(fd, (uint64_t)pfd[1])));
+		pid = spawn_child(H_ARGS("loop", raddr, "3", "64", fmt_u64(fd, (uint64_t)pfd[1])),
+				  pfd[1], -1);
 	}
 	close(pfd[1]);
 	cr_assert(eq(i64, read(pfd[0], &b, 1), 1), "child never looked up");
@@ -393,11 +401,13 @@ raw_connect(const char *raddr, const void *priv, uint8_t len)
 	struct raw_cm r = {0};
 	struct addrinfo *ai;
 	struct rdma_cm_event *ev;
-	struct ibv_qp_init_attr qa = {.cap = {.max_send_wr = 1, .max_recv_wr = 1,
-					      .max_send_sge = 1, .max_recv_sge = 1},
-				      .qp_type = IBV_QPT_RC};
-	struct rdma_conn_param p = {.private_data = priv, .private_data_len = len,
-				    .initiator_depth = 1, .retry_count = 7};
+	struct ibv_qp_init_attr qa = {
+		.cap = {.max_send_wr = 1, .max_recv_wr = 1, .max_send_sge = 1, .max_recv_sge = 1},
+		.qp_type = IBV_QPT_RC};
+	struct rdma_conn_param p = {.private_data = priv,
+				    .private_data_len = len,
+				    .initiator_depth = 1,
+				    .retry_count = 7};
 	struct kvdex_cm_rej rej;
 	char host[64];
 	const char *colon = strrchr(raddr, ':');
@@ -425,8 +435,8 @@ raw_connect(const char *raddr, const void *priv, uint8_t len)
 	cr_assert(eq(i32, rdma_connect(r.id, &p), 0));
 	ev = raw_event(&r, 10000);
 	if (ev->event == RDMA_CM_EVENT_REJECTED &&
-	    kvdex_cm_rej_find(ev->param.conn.private_data, ev->param.conn.private_data_len,
-			      &rej) == 0) {
+	    kvdex_cm_rej_find(ev->param.conn.private_data, ev->param.conn.private_data_len, &rej) ==
+		    0) {
 		code = rej.code;
 	} else if (ev->event == RDMA_CM_EVENT_ESTABLISHED) {
 		code = -2;
@@ -511,8 +521,19 @@ reader_child(const char *raddr, const uint64_t *keys, size_t n, uint64_t count, 
 	uint32_t ns;
 
 	child_client(raddr, &c, &d, &ns);
+	bool debug = getenv("KVDEX_TEST_DEBUG") != NULL;
+	int64_t next_print = h_now_ms() + 2000;
+
 	while ((count == 0 || rep.lookups < count) &&
-	       ((rep.lookups & 255) != 0 || poll(&p, 1, 0) == 0)) {
+	       ((rep.lookups & 15) != 0 || poll(&p, 1, 0) == 0)) {
+		if (debug && h_now_ms() > next_print) {
+			fprintf(stderr,
+				"reader: %llu lookups %llu retries %llu errors (%d) %llu wrong\n",
+				(unsigned long long)rep.lookups, (unsigned long long)rep.retries,
+				(unsigned long long)rep.errors, rep.first_err,
+				(unsigned long long)rep.wrong);
+			next_print += 2000;
+		}
 		const struct kvdex_holding *h = NULL;
 		int rc;
 
@@ -557,7 +578,8 @@ start_reader(const char *raddr, uint64_t base, size_t n, uint64_t count, int *st
 	cr_assert(eq(i32, pipe(op), 0));
 	pid = spawn_child(H_ARGS("reader", raddr, fmt_u64(b, base), fmt_u64(nn, n),
 				 fmt_u64(cn, count), fmt_u64(sf, (uint64_t)sp[0]),
-				 fmt_u64(of, (uint64_t)op[1])));
+				 fmt_u64(of, (uint64_t)op[1])),
+			  sp[0], op[1]);
 	close(sp[0]);
 	close(op[1]);
 	*stop_w = sp[1];
@@ -575,8 +597,7 @@ stop_reader(pid_t pid, int stop_w, int out_r, struct reader_report *rep)
 	n = read(out_r, rep, sizeof(*rep));
 	close(out_r);
 	cr_assert(eq(i32, waitpid(pid, &status, 0), pid));
-	cr_assert(eq(i64, n, (int64_t)sizeof(*rep)), "reader reported nothing, status %#x",
-		  status);
+	cr_assert(eq(i64, n, (int64_t)sizeof(*rep)), "reader reported nothing, status %#x", status);
 	cr_assert(eq(i32, status, 0), "reader exit status %#x", status);
 }
 
@@ -694,7 +715,7 @@ Test(verbs, torn_stress)
 	h_worker(c, 8, 1);
 	h_keys(keys, 16, 6);
 	vt_store(c, ns, 7, &seq, keys, 16, 16);
-	wpid = spawn_child(H_ARGS("rewriter", raddr, "6", "16"));
+	wpid = spawn_child(H_ARGS("rewriter", raddr, "6", "16"), -1, -1);
 	rpid = start_reader(raddr, 6, 16, want, &stop_w, &out_r);
 	/* The reader reports once it did `want` lookups (or died). */
 	{
@@ -712,8 +733,7 @@ Test(verbs, torn_stress)
 	       (unsigned long long)h_stat1(c, 0, "publish_batches"));
 	cr_assert(eq(u64, rep.wrong, 0), "wrong answers");
 	cr_assert(eq(u64, rep.errors, 0), "lookup errors (first %d)", rep.first_err);
-	cr_assert(ge(u64, rep.lookups, want), "only %llu lookups",
-		  (unsigned long long)rep.lookups);
+	cr_assert(ge(u64, rep.lookups, want), "only %llu lookups", (unsigned long long)rep.lookups);
 	cr_assert(gt(u64, h_stat1(c, 0, "publish_batches"), 100), "the publisher did not run");
 	kvdex_client_destroy(c);
 	h_server_stop_ok(&s);

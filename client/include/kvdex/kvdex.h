@@ -51,10 +51,12 @@ extern "C" {
 #define KVDEX_MAX_SERVERS 64u
 
 enum kvdex_transport {
-	KVDEX_TRANSPORT_AUTO = 0, /**< shm for a server on this host, tcp otherwise */
+	/** verbs if the server has an RDMA listener a local device reaches, else shm for a
+	 * server on this host, else tcp */
+	KVDEX_TRANSPORT_AUTO = 0,
 	KVDEX_TRANSPORT_SHM = 1,
 	KVDEX_TRANSPORT_TCP = 2,
-	KVDEX_TRANSPORT_VERBS = 3, /**< not built yet: -EPROTONOSUPPORT */
+	KVDEX_TRANSPORT_VERBS = 3, /**< RDMA READ + SEND/RECV (rdma:host:port, or host:port) */
 };
 
 enum kvdex_tier_id {
@@ -114,7 +116,7 @@ int kvdex_client_create(const struct kvdex_client_opts *opts, struct kvdex_clien
 /** Number of servers in the client's cluster map. Context: any. */
 unsigned kvdex_client_nservers(const struct kvdex_client *c);
 
-/** Name and transport ("shm" or "tcp") of server i, or NULL if out of range.
+/** Name and transport ("shm", "tcp" or "verbs") of server i, or NULL if out of range.
  * Ownership: strings owned by the client, valid until it is destroyed. */
 const char *kvdex_client_server_name(const struct kvdex_client *c, unsigned i);
 const char *kvdex_client_transport_name(const struct kvdex_client *c, unsigned i);
