@@ -83,11 +83,21 @@ struct kvdex_merge_srv {
 };
 
 /* One block of the chain: the validated images of its bucket chain. */
+#define KVDEX_MERGE_MAX_RECS 4u
+
 struct kvdex_merge_block {
 	uint64_t key;
 	const struct kvdex_merge_srv *srv;
 	const void *const *imgs; /* 64-byte aligned, validated, chain order */
 	unsigned nimgs;
+	/* Where the key's records are, when the reader already knows (it found
+	 * them while deciding whether to follow the chain): rec_img[i] is an
+	 * image and rec_pos[i] the record's offset in its record area. Without
+	 * recs_known the merge scans every image of the chain. */
+	bool recs_known;
+	unsigned nrecs;
+	const void *rec_img[KVDEX_MERGE_MAX_RECS];
+	size_t rec_pos[KVDEX_MERGE_MAX_RECS];
 };
 
 struct kvdex_merge_worker {

@@ -46,6 +46,7 @@
 #include "kvdex/route.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,7 +110,12 @@ struct kvdex_lookup_scratch {
 	uint32_t key_bit[KVDEX_LOOKUP_BATCH];  /* ovf_filter bit */
 	uint8_t key_state[KVDEX_LOOKUP_BATCH]; /* enum lk_key_state */
 	uint8_t key_next[KVDEX_LOOKUP_BATCH];  /* next key of the same chain */
-	const uint64_t *keys;		       /* the batch's keys */
+	/* The key's records found so far: pool slot and offset of each, for the
+	 * merge; KVDEX_MERGE_MAX_RECS + 1 = more than we note (merge scans). */
+	uint8_t key_nrec[KVDEX_LOOKUP_BATCH];
+	uint32_t key_rec_slot[KVDEX_LOOKUP_BATCH][KVDEX_MERGE_MAX_RECS];
+	uint16_t key_rec_pos[KVDEX_LOOKUP_BATCH][KVDEX_MERGE_MAX_RECS];
+	const uint64_t *keys; /* the batch's keys */
 	unsigned nkeys;
 	struct lk_img *imgs;
 	unsigned nimgs, capimgs;
@@ -678,6 +684,7 @@ lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 	}
 	for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
 		lk->key_state[k] = LK_KEY_UNSEEN;
+		lk->key_nrec[k] = 0;
 	}
 	ch->ns_id = c->ns[lk->ns].ids[ch->srv];
 	ch->len = 0;
@@ -742,6 +749,7 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 	lk->keys = keys;
 	lk->nkeys = n;
 	memset(lk->key_state, LK_KEY_UNSEEN, n);
+	memset(lk->key_nrec, 0, n);
 	memset(grp, LK_NO_KEY, sizeof(grp));
 	for (unsigned k = 0; k < n; k++) {
 		unsigned srv = lk->key_srv[k];
@@ -868,23 +876,31 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 /* Record which of chain ci's keys the image has records of, and whether
  * those records say more follow. */
 static int
-lk_note_keys(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, const void *img)
+lk_note_keys(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot)
 {
 	const struct lk_chain *ch = &lk->chains[ci];
 	uint32_t bs = lk->used_geo[ch->srv].bucket_size;
+	const void *img = lk_slot_ptr(lk, slot);
 	struct kvdex_record_view rec;
-	size_t pos = 0;
+	size_t pos = 0, at = 0;
 	int rc;
 
-	while ((rc = kvdex_record_next(img, bs, &pos, &rec)) == 1) {
+	for (; (rc = kvdex_record_next(img, bs, &pos, &rec)) == 1; at = pos) {
 		if (rec.hdr.ns != ch->ns_id) {
 			continue;
 		}
 		for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
-			if (lk->keys[k] == rec.hdr.key) {
-				lk->key_state[k] = (rec.hdr.flags & KVDEX_REC_MORE)
-							   ? LK_KEY_MORE
-							   : LK_KEY_SETTLED;
+			if (lk->keys[k] != rec.hdr.key) {
+				continue;
+			}
+			lk->key_state[k] =
+				(rec.hdr.flags & KVDEX_REC_MORE) ? LK_KEY_MORE : LK_KEY_SETTLED;
+			if (lk->key_nrec[k] < KVDEX_MERGE_MAX_RECS) {
+				lk->key_rec_slot[k][lk->key_nrec[k]] = slot;
+				lk->key_rec_pos[k][lk->key_nrec[k]] = (uint16_t)at;
+			}
+			if (lk->key_nrec[k] <= KVDEX_MERGE_MAX_RECS) {
+				lk->key_nrec[k]++;
 			}
 		}
 	}
@@ -937,7 +953,7 @@ lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, 
 		return rc;
 	}
 	ch->len++;
-	rc = lk_note_keys(c, lk, ci, lk_slot_ptr(lk, slot));
+	rc = lk_note_keys(c, lk, ci, slot);
 	if (rc < 0) {
 		return rc;
 	}
@@ -1213,6 +1229,14 @@ lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const ui
 		b.srv = &lk->views[lk->chains[ci].srv];
 		b.imgs = lk->gather + lk->cstart[ci];
 		b.nimgs = lk->ccount[ci];
+		b.recs_known = lk->key_nrec[k] <= KVDEX_MERGE_MAX_RECS;
+		if (b.recs_known) {
+			b.nrecs = lk->key_nrec[k];
+			for (unsigned r = 0; r < b.nrecs; r++) {
+				b.rec_img[r] = lk_slot_ptr(lk, lk->key_rec_slot[k][r]);
+				b.rec_pos[r] = lk->key_rec_pos[k][r];
+			}
+		}
 		rc = kvdex_merge_add(&lk->merge, &b);
 		if (rc < 0) {
 			if (rc == -EPROTO) {

@@ -26,6 +26,7 @@
 #include "client/src/internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,6 +143,34 @@ merge_holder(struct kvdex_merge *m, const struct kvdex_merge_srv *srv, const str
 	return 0;
 }
 
+/* Fold one record of the block's chain, if it is the block's. */
+static int
+merge_record(struct kvdex_merge *m, const struct kvdex_merge_block *b,
+	     const struct kvdex_record_view *rec, bool *fused)
+{
+	const struct kvdex_merge_srv *srv = b->srv;
+
+	if (rec->hdr.key != b->key || rec->hdr.ns != srv->ns_id) {
+		return 0;
+	}
+	for (unsigned j = 0; j < rec->hdr.nholders; j++) {
+		struct kvdex_holder h;
+		int rc;
+
+		memcpy(&h, &rec->holders[j], sizeof(h));
+		if (rec->hdr.flags & KVDEX_REC_FUSED) {
+			/* Never an exact match; only noted. */
+			*fused |= merge_visible(m, srv, &h) != NULL;
+			continue;
+		}
+		rc = merge_holder(m, srv, &h);
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	return 0;
+}
+
 /* Collect the live holders of one block into m->cur. *fused is set when a
  * FUSED record of the block has a live holder. */
 static int
@@ -156,26 +185,29 @@ merge_collect(struct kvdex_merge *m, const struct kvdex_merge_block *b, bool *fu
 	if (srv == NULL || srv->ns_id == KVDEX_NS_NONE) {
 		return 0;
 	}
+	if (b->recs_known) {
+		/* Known positions: decode just those records. */
+		for (unsigned i = 0; i < b->nrecs; i++) {
+			size_t pos = b->rec_pos[i];
+
+			rc = kvdex_record_next(b->rec_img[i], srv->bucket_size, &pos, &rec);
+			if (rc != 1) {
+				return -EPROTO;
+			}
+			rc = merge_record(m, b, &rec, fused);
+			if (rc < 0) {
+				return rc;
+			}
+		}
+		return 0;
+	}
 	for (unsigned i = 0; i < b->nimgs; i++) {
 		size_t pos = 0;
 
 		while ((rc = kvdex_record_next(b->imgs[i], srv->bucket_size, &pos, &rec)) == 1) {
-			if (rec.hdr.key != b->key || rec.hdr.ns != srv->ns_id) {
-				continue;
-			}
-			for (unsigned j = 0; j < rec.hdr.nholders; j++) {
-				struct kvdex_holder h;
-
-				memcpy(&h, &rec.holders[j], sizeof(h));
-				if (rec.hdr.flags & KVDEX_REC_FUSED) {
-					/* Never an exact match; only noted. */
-					*fused |= merge_visible(m, srv, &h) != NULL;
-					continue;
-				}
-				rc = merge_holder(m, srv, &h);
-				if (rc < 0) {
-					return rc;
-				}
+			rc = merge_record(m, b, &rec, fused);
+			if (rc < 0) {
+				return rc;
 			}
 		}
 		if (rc < 0) {
