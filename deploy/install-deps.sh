@@ -21,7 +21,7 @@ declare -A PKG_GROUPS=(
     [base]="build-essential meson ninja-build pkg-config libibverbs-dev librdmacm-dev
             liburcu-dev libprotobuf-c-dev protobuf-c-compiler libcriterion-dev
             libxxhash-dev libssl-dev libmsgpack-dev libzmq3-dev
-            python3 python3-zmq python3-msgpack
+            python3 python3-zmq python3-msgpack gnuplot-nox
             libhiredis-dev memcached redis-server"
     [baseline]="libhiredis-dev memcached redis-server"
 )

@@ -49,8 +49,8 @@ struct replay_req {
 	uint64_t key_off;
 	uint32_t nprompt_blocks;
 	uint32_t nkeys;
-	uint32_t group; /* GSP group, conversation, or 0 */
-	int32_t next;	/* multi-turn: the next turn's index, or -1 */
+	uint32_t group;	 /* GSP group, conversation, or 0 */
+	int32_t next;	 /* multi-turn: the next turn's index, or -1 */
 	double think_ms; /* multi-turn: gap between this turn's end and the next */
 };
 
@@ -66,16 +66,16 @@ struct replay_workload {
 
 /* GSP (KVRouting's generated shared prefix), kvrouting.md §3.1 and §5.2. */
 struct replay_gsp_opts {
-	uint32_t groups;	     /* 128 */
-	uint32_t prompts;	     /* per group, 32 */
-	double prefix_ratio;	     /* 0.5 */
-	uint32_t lens[8];	     /* 512, 1024, 2048, 4096, 8192 */
-	uint32_t nlens;		     /* 5 */
-	uint32_t output_tokens;	     /* 4 */
-	double rate;		     /* requests/s, 12 */
-	enum replay_order order;     /* random */
-	uint64_t seed;		     /* 1 */
-	uint32_t block_size;	     /* 16 */
+	uint32_t groups;	 /* 128 */
+	uint32_t prompts;	 /* per group, 32 */
+	double prefix_ratio;	 /* 0.5 */
+	uint32_t lens[8];	 /* 512, 1024, 2048, 4096, 8192 */
+	uint32_t nlens;		 /* 5 */
+	uint32_t output_tokens;	 /* 4 */
+	double rate;		 /* requests/s, 12 */
+	enum replay_order order; /* random */
+	uint64_t seed;		 /* 1 */
+	uint32_t block_size;	 /* 16 */
 };
 
 /* Synthetic multi-turn: conversations whose every turn extends the
@@ -101,11 +101,11 @@ enum replay_spread {
 
 struct replay_mooncake_opts {
 	const char *path;
-	size_t limit;		    /* first N requests, 0 = all */
-	uint32_t block_size;	    /* 512 */
-	enum replay_spread spread;  /* even */
-	double time_scale;	    /* arrival times multiplied by this, 1.0 */
-	uint64_t seed;		    /* for REPLAY_SPREAD_UNIFORM and output keys */
+	size_t limit;		   /* first N requests, 0 = all */
+	uint32_t block_size;	   /* 512 */
+	enum replay_spread spread; /* even */
+	double time_scale;	   /* arrival times multiplied by this, 1.0 */
+	uint64_t seed;		   /* for REPLAY_SPREAD_UNIFORM and output keys */
 };
 
 uint64_t replay_splitmix64(uint64_t x);
@@ -164,7 +164,7 @@ void replay_evq_fini(struct replay_evq *q);
 /* ---- Worker model ----------------------------------------------------------------- */
 
 struct replay_model {
-	double base_ms;		 /* 10 */
+	double base_ms;		   /* 10 */
 	double prefill_ms_per_tok; /* 0.14 per uncached prompt token */
 	double decode_ms_per_tok;  /* 12 per output token */
 };
@@ -210,8 +210,8 @@ struct replay_run_opts {
 struct replay_result {
 	/* what ran */
 	size_t requests;
-	double sim_ms;	/* first arrival to last completion */
-	double wall_s;	/* of the event loop */
+	double sim_ms; /* first arrival to last completion */
+	double wall_s; /* of the event loop */
 	/* cache */
 	double hit_rate;       /* cached prompt tokens at service start / prompt tokens */
 	double index_hit_rate; /* the router's view: chosen worker's match at routing */

@@ -322,31 +322,91 @@ apply_preset(struct cfg *c, const char *name)
 /* ---- Options ------------------------------------------------------------------------------ */
 
 enum {
-	O_WORKLOAD = 256, O_GROUPS, O_PROMPTS, O_RATIO, O_LENS, O_RATE, O_ORDER, O_OUTTOK,
-	O_BS, O_CONVS, O_TURNS, O_USERTOK, O_HDRTOK, O_THINK, O_TRACE, O_LIMIT, O_SPREAD,
-	O_TSCALE, O_WORKERS, O_CAPTOK, O_CAPBLK, O_POLICY, O_EVMODE, O_SEED, O_SEEDS, O_BASE,
-	O_PREFILL, O_DECODE, O_LBGRU, O_KVPF, O_KVQ, O_USEROUTE, O_SPEC, O_SWEEP, O_OUT,
-	O_NOCHARTS, O_NOPROG, O_KVDEXD, O_SERVERS, O_PRESET,
+	O_WORKLOAD = 256,
+	O_GROUPS,
+	O_PROMPTS,
+	O_RATIO,
+	O_LENS,
+	O_RATE,
+	O_ORDER,
+	O_OUTTOK,
+	O_BS,
+	O_CONVS,
+	O_TURNS,
+	O_USERTOK,
+	O_HDRTOK,
+	O_THINK,
+	O_TRACE,
+	O_LIMIT,
+	O_SPREAD,
+	O_TSCALE,
+	O_WORKERS,
+	O_CAPTOK,
+	O_CAPBLK,
+	O_POLICY,
+	O_EVMODE,
+	O_SEED,
+	O_SEEDS,
+	O_BASE,
+	O_PREFILL,
+	O_DECODE,
+	O_LBGRU,
+	O_KVPF,
+	O_KVQ,
+	O_USEROUTE,
+	O_SPEC,
+	O_SWEEP,
+	O_OUT,
+	O_NOCHARTS,
+	O_NOPROG,
+	O_KVDEXD,
+	O_SERVERS,
+	O_PRESET,
 };
 
 static const struct option long_opts[] = {
-	{"workload", 1, 0, O_WORKLOAD}, {"groups", 1, 0, O_GROUPS}, {"prompts", 1, 0, O_PROMPTS},
-	{"prefix-ratio", 1, 0, O_RATIO}, {"lens", 1, 0, O_LENS}, {"rate", 1, 0, O_RATE},
-	{"order", 1, 0, O_ORDER}, {"output-tokens", 1, 0, O_OUTTOK}, {"block-size", 1, 0, O_BS},
-	{"conversations", 1, 0, O_CONVS}, {"turns", 1, 0, O_TURNS},
-	{"user-tokens", 1, 0, O_USERTOK}, {"header-tokens", 1, 0, O_HDRTOK},
-	{"think-ms", 1, 0, O_THINK}, {"trace", 1, 0, O_TRACE}, {"limit", 1, 0, O_LIMIT},
-	{"spread", 1, 0, O_SPREAD}, {"time-scale", 1, 0, O_TSCALE},
-	{"workers", 1, 0, O_WORKERS}, {"capacity-tokens", 1, 0, O_CAPTOK},
-	{"capacity-blocks", 1, 0, O_CAPBLK}, {"policy", 1, 0, O_POLICY},
-	{"evict-mode", 1, 0, O_EVMODE}, {"seed", 1, 0, O_SEED}, {"seeds", 1, 0, O_SEEDS},
-	{"base-ms", 1, 0, O_BASE}, {"prefill-ms", 1, 0, O_PREFILL}, {"decode-ms", 1, 0, O_DECODE},
-	{"lbgr-units-per-token", 1, 0, O_LBGRU}, {"kvdex-prefill-ms", 1, 0, O_KVPF},
-	{"kvdex-queued-ms", 1, 0, O_KVQ}, {"use-kvdex-route", 0, 0, O_USEROUTE},
-	{"speculate", 0, 0, O_SPEC}, {"sweep", 1, 0, O_SWEEP}, {"out", 1, 0, O_OUT},
-	{"no-charts", 0, 0, O_NOCHARTS}, {"no-progress", 0, 0, O_NOPROG},
-	{"kvdexd", 1, 0, O_KVDEXD}, {"servers", 1, 0, O_SERVERS}, {"preset", 1, 0, O_PRESET},
-	{"help", 0, 0, 'h'}, {0, 0, 0, 0},
+	{"workload", 1, 0, O_WORKLOAD},
+	{"groups", 1, 0, O_GROUPS},
+	{"prompts", 1, 0, O_PROMPTS},
+	{"prefix-ratio", 1, 0, O_RATIO},
+	{"lens", 1, 0, O_LENS},
+	{"rate", 1, 0, O_RATE},
+	{"order", 1, 0, O_ORDER},
+	{"output-tokens", 1, 0, O_OUTTOK},
+	{"block-size", 1, 0, O_BS},
+	{"conversations", 1, 0, O_CONVS},
+	{"turns", 1, 0, O_TURNS},
+	{"user-tokens", 1, 0, O_USERTOK},
+	{"header-tokens", 1, 0, O_HDRTOK},
+	{"think-ms", 1, 0, O_THINK},
+	{"trace", 1, 0, O_TRACE},
+	{"limit", 1, 0, O_LIMIT},
+	{"spread", 1, 0, O_SPREAD},
+	{"time-scale", 1, 0, O_TSCALE},
+	{"workers", 1, 0, O_WORKERS},
+	{"capacity-tokens", 1, 0, O_CAPTOK},
+	{"capacity-blocks", 1, 0, O_CAPBLK},
+	{"policy", 1, 0, O_POLICY},
+	{"evict-mode", 1, 0, O_EVMODE},
+	{"seed", 1, 0, O_SEED},
+	{"seeds", 1, 0, O_SEEDS},
+	{"base-ms", 1, 0, O_BASE},
+	{"prefill-ms", 1, 0, O_PREFILL},
+	{"decode-ms", 1, 0, O_DECODE},
+	{"lbgr-units-per-token", 1, 0, O_LBGRU},
+	{"kvdex-prefill-ms", 1, 0, O_KVPF},
+	{"kvdex-queued-ms", 1, 0, O_KVQ},
+	{"use-kvdex-route", 0, 0, O_USEROUTE},
+	{"speculate", 0, 0, O_SPEC},
+	{"sweep", 1, 0, O_SWEEP},
+	{"out", 1, 0, O_OUT},
+	{"no-charts", 0, 0, O_NOCHARTS},
+	{"no-progress", 0, 0, O_NOPROG},
+	{"kvdexd", 1, 0, O_KVDEXD},
+	{"servers", 1, 0, O_SERVERS},
+	{"preset", 1, 0, O_PRESET},
+	{"help", 0, 0, 'h'},
+	{0, 0, 0, 0},
 };
 
 static int
@@ -386,13 +446,20 @@ opt_one(struct cfg *c, int o, const char *v)
 	int rc = 0;
 
 	switch (o) {
-	case O_WORKLOAD: return opt_workload(c, v);
-	case O_GROUPS: return parse_u32("--groups", v, 1, 1u << 16, &c->gsp.groups);
-	case O_PROMPTS: return parse_u32("--prompts", v, 1, 1u << 16, &c->gsp.prompts);
-	case O_RATIO: return apply_value(c, "prefix_ratio", v);
-	case O_LENS: return parse_lens(&c->gsp, v);
-	case O_RATE: return apply_value(c, "rate", v);
-	case O_ORDER: return apply_value(c, "order", v);
+	case O_WORKLOAD:
+		return opt_workload(c, v);
+	case O_GROUPS:
+		return parse_u32("--groups", v, 1, 1u << 16, &c->gsp.groups);
+	case O_PROMPTS:
+		return parse_u32("--prompts", v, 1, 1u << 16, &c->gsp.prompts);
+	case O_RATIO:
+		return apply_value(c, "prefix_ratio", v);
+	case O_LENS:
+		return parse_lens(&c->gsp, v);
+	case O_RATE:
+		return apply_value(c, "rate", v);
+	case O_ORDER:
+		return apply_value(c, "order", v);
 	case O_OUTTOK:
 		rc = parse_u32("--output-tokens", v, 1, 1u << 16, &c->gsp.output_tokens);
 		c->mt.output_tokens = c->gsp.output_tokens;
@@ -401,25 +468,38 @@ opt_one(struct cfg *c, int o, const char *v)
 		rc = parse_u32("--block-size", v, 1, 1u << 16, &c->gsp.block_size);
 		c->mt.block_size = c->gsp.block_size;
 		return rc;
-	case O_CONVS: return parse_u32("--conversations", v, 1, 1u << 20, &c->mt.conversations);
-	case O_TURNS: return parse_u32("--turns", v, 1, 256, &c->mt.turns);
-	case O_USERTOK: return parse_u32("--user-tokens", v, 1, 1u << 16, &c->mt.user_tokens);
-	case O_HDRTOK: return parse_u32("--header-tokens", v, 0, 1u << 16, &c->mt.header_tokens);
-	case O_THINK: return parse_double("--think-ms", v, 0.0, &c->mt.think_ms);
-	case O_TRACE: c->mc.path = v; c->kind = WL_MOONCAKE; return 0;
+	case O_CONVS:
+		return parse_u32("--conversations", v, 1, 1u << 20, &c->mt.conversations);
+	case O_TURNS:
+		return parse_u32("--turns", v, 1, 256, &c->mt.turns);
+	case O_USERTOK:
+		return parse_u32("--user-tokens", v, 1, 1u << 16, &c->mt.user_tokens);
+	case O_HDRTOK:
+		return parse_u32("--header-tokens", v, 0, 1u << 16, &c->mt.header_tokens);
+	case O_THINK:
+		return parse_double("--think-ms", v, 0.0, &c->mt.think_ms);
+	case O_TRACE:
+		c->mc.path = v;
+		c->kind = WL_MOONCAKE;
+		return 0;
 	case O_LIMIT:
 		rc = kvdex_bench_parse_u64("--limit", v, 0, 1ull << 32, &u);
 		c->mc.limit = u;
 		return rc;
-	case O_SPREAD: return opt_spread(c, v);
-	case O_TSCALE: return apply_value(c, "time_scale", v);
-	case O_WORKERS: return apply_value(c, "workers", v);
-	case O_CAPTOK: return apply_value(c, "capacity", v);
+	case O_SPREAD:
+		return opt_spread(c, v);
+	case O_TSCALE:
+		return apply_value(c, "time_scale", v);
+	case O_WORKERS:
+		return apply_value(c, "workers", v);
+	case O_CAPTOK:
+		return apply_value(c, "capacity", v);
 	case O_CAPBLK:
 		rc = kvdex_bench_parse_u64("--capacity-blocks", v, 1, 1u << 31, &u);
 		c->run.capacity_tokens = u | (1ull << 63);
 		return rc;
-	case O_POLICY: return parse_policies(c, v);
+	case O_POLICY:
+		return parse_policies(c, v);
 	case O_EVMODE:
 		if (strcmp(v, "full") == 0) {
 			c->run.evict_mode = KVDEX_CACHE_EVICT_FULL_ALLOCATION;
@@ -430,23 +510,47 @@ opt_one(struct cfg *c, int o, const char *v)
 		}
 		return 0;
 	case O_SEED:
-	case O_SEEDS: return parse_seeds(c, v);
-	case O_BASE: return parse_double("--base-ms", v, 0.0, &c->run.model.base_ms);
-	case O_PREFILL: return parse_double("--prefill-ms", v, 0.0, &c->run.model.prefill_ms_per_tok);
-	case O_DECODE: return parse_double("--decode-ms", v, 0.0, &c->run.model.decode_ms_per_tok);
-	case O_LBGRU: return parse_double("--lbgr-units-per-token", v, 0.0, &c->run.lbgr_units_per_token);
-	case O_KVPF: return parse_double("--kvdex-prefill-ms", v, 0.0, &c->run.kvdex_prefill_ms_per_token);
-	case O_KVQ: return parse_double("--kvdex-queued-ms", v, 0.0, &c->run.kvdex_queued_req_ms);
-	case O_USEROUTE: c->run.use_kvdex_route = true; return 0;
-	case O_SPEC: c->run.speculate = true; return 0;
-	case O_SWEEP: return parse_sweep(c, v);
-	case O_OUT: c->out = v; return 0;
-	case O_NOCHARTS: c->charts = false; return 0;
-	case O_NOPROG: c->run.progress = false; return 0;
-	case O_KVDEXD: return kvdex_bench_kvdexd_path(v, c->kvdexd, sizeof(c->kvdexd));
-	case O_SERVERS: c->run.servers = v; return 0;
-	case O_PRESET: return apply_preset(c, v);
-	default: return -EINVAL;
+	case O_SEEDS:
+		return parse_seeds(c, v);
+	case O_BASE:
+		return parse_double("--base-ms", v, 0.0, &c->run.model.base_ms);
+	case O_PREFILL:
+		return parse_double("--prefill-ms", v, 0.0, &c->run.model.prefill_ms_per_tok);
+	case O_DECODE:
+		return parse_double("--decode-ms", v, 0.0, &c->run.model.decode_ms_per_tok);
+	case O_LBGRU:
+		return parse_double("--lbgr-units-per-token", v, 0.0, &c->run.lbgr_units_per_token);
+	case O_KVPF:
+		return parse_double("--kvdex-prefill-ms", v, 0.0,
+				    &c->run.kvdex_prefill_ms_per_token);
+	case O_KVQ:
+		return parse_double("--kvdex-queued-ms", v, 0.0, &c->run.kvdex_queued_req_ms);
+	case O_USEROUTE:
+		c->run.use_kvdex_route = true;
+		return 0;
+	case O_SPEC:
+		c->run.speculate = true;
+		return 0;
+	case O_SWEEP:
+		return parse_sweep(c, v);
+	case O_OUT:
+		c->out = v;
+		return 0;
+	case O_NOCHARTS:
+		c->charts = false;
+		return 0;
+	case O_NOPROG:
+		c->run.progress = false;
+		return 0;
+	case O_KVDEXD:
+		return kvdex_bench_kvdexd_path(v, c->kvdexd, sizeof(c->kvdexd));
+	case O_SERVERS:
+		c->run.servers = v;
+		return 0;
+	case O_PRESET:
+		return apply_preset(c, v);
+	default:
+		return -EINVAL;
 	}
 }
 
@@ -490,7 +594,7 @@ parse_args(struct cfg *c, int argc, char **argv)
 static uint32_t
 cfg_block_size(const struct cfg *c)
 {
-	return c->kind == WL_GSP ? c->gsp.block_size
+	return c->kind == WL_GSP  ? c->gsp.block_size
 	       : c->kind == WL_MT ? c->mt.block_size
 				  : c->mc.block_size;
 }
@@ -553,8 +657,8 @@ run_one(struct runner *rn, const char *x, const struct policy *p, uint64_t seed)
 	c->run.evict = p->evict;
 	c->run.seed = seed;
 	c->run.kvdexd = c->kvdexd;
-	snprintf(c->run.label, sizeof(c->run.label), "[%zu/%zu] %s%s%s+%s seed %llu",
-		 rn->nrows + 1, rn->total, x, x[0] ? " " : "", kvdex_route_policy_name(p->router),
+	snprintf(c->run.label, sizeof(c->run.label), "[%zu/%zu] %s%s%s+%s seed %llu", rn->nrows + 1,
+		 rn->total, x, x[0] ? " " : "", kvdex_route_policy_name(p->router),
 		 p->evict == KVDEX_CACHE_RLT ? "rlt" : "lru", (unsigned long long)seed);
 	fill_row(c, &w, p, seed, x, row);
 	rc = replay_run(&w, &c->run, &row->r);
@@ -604,8 +708,7 @@ run_sweeps(struct runner *rn, unsigned d, char *x, size_t xlen)
 		if (apply_value(rn->c, k, v) < 0) {
 			return -EINVAL;
 		}
-		snprintf(x + base, xlen - base, "%s%s", base ? " " : "",
-			 rn->c->nsw > 1 ? k : "");
+		snprintf(x + base, xlen - base, "%s%s", base ? " " : "", rn->c->nsw > 1 ? k : "");
 		snprintf(x + strlen(x), xlen - strlen(x), "%s%s", rn->c->nsw > 1 ? "=" : "", v);
 		rc = run_sweeps(rn, d + 1, x, xlen);
 		x[base] = '\0';
@@ -732,8 +835,8 @@ write_summary(struct runner *rn, const char *dir, int argc, char **argv, const c
 	if (rn->c->charts && rn->nrows > 0) {
 		charts = replay_charts(dir, rn->rows, rn->nrows, xname);
 	}
-	fprintf(stderr, "kvdex-replay: %zu runs; %s/results.csv, %s/summary.md%s\n", rn->nrows,
-		dir, dir, charts > 0 ? ", charts *.png" : "");
+	fprintf(stderr, "kvdex-replay: %zu runs; %s/results.csv, %s/summary.md%s\n", rn->nrows, dir,
+		dir, charts > 0 ? ", charts *.png" : "");
 }
 
 int
@@ -751,7 +854,8 @@ main(int argc, char **argv)
 		return KVDEX_BENCH_EXIT_USAGE;
 	}
 	if (c.run.capacity_tokens >> 63) {
-		c.run.capacity_tokens = (c.run.capacity_tokens & ~(1ull << 63)) * cfg_block_size(&c);
+		c.run.capacity_tokens =
+			(c.run.capacity_tokens & ~(1ull << 63)) * cfg_block_size(&c);
 	}
 	default_kvdexd(&c);
 	for (unsigned i = 0; i < c.nsw; i++) {

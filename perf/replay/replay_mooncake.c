@@ -235,7 +235,8 @@ replay_spread_times(double *t, size_t n, enum replay_spread how, uint64_t seed)
 		for (size_t k = i; k < j; k++) {
 			double u = how == REPLAY_SPREAD_EVEN
 					   ? (double)(k - i) / (double)(j - i)
-					   : (double)(replay_splitmix64(seed ^ (k * 0x9e37ull)) >> 11) *
+					   : (double)(replay_splitmix64(seed ^ (k * 0x9e37ull)) >>
+						      11) *
 						     0x1.0p-53;
 
 			t[k] = t0 + u * width;
@@ -280,8 +281,8 @@ mc_add(struct replay_workload *w, const struct replay_mc_line *l, size_t rid, ui
 	r->next = -1;
 	for (size_t i = 0; i < nb; i++) {
 		uint64_t k = i < l->nhash ? replay_splitmix64(l->hash_ids[i] ^ MC_KEY_SALT)
-					  : replay_splitmix64(((uint64_t)rid << 20 | i) ^ MC_OUT_SALT ^
-							      (seed << 44));
+					  : replay_splitmix64(((uint64_t)rid << 20 | i) ^
+							      MC_OUT_SALT ^ (seed << 44));
 
 		w->keys[w->nkeys++] = k ? k : 1;
 	}
@@ -356,8 +357,8 @@ replay_mooncake_load(const struct replay_mooncake_opts *o, struct replay_workloa
 			continue;
 		}
 		if (replay_mooncake_parse_line(line, &l) < 0) {
-			fprintf(stderr, "kvdex-replay: %s:%zu: not a Mooncake trace line\n", o->path,
-				lineno);
+			fprintf(stderr, "kvdex-replay: %s:%zu: not a Mooncake trace line\n",
+				o->path, lineno);
 			rc = -EINVAL;
 			break;
 		}

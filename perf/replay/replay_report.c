@@ -67,20 +67,76 @@ struct agg {
 
 typedef double (*metric_fn)(const struct replay_result *r);
 
-static double m_hit(const struct replay_result *r) { return r->hit_rate; }
-static double m_idx_hit(const struct replay_result *r) { return r->index_hit_rate; }
-static double m_ttft50(const struct replay_result *r) { return r->ttft_p50 / 1000.0; }
-static double m_ttft95(const struct replay_result *r) { return r->ttft_p95 / 1000.0; }
-static double m_e2e50(const struct replay_result *r) { return r->e2e_p50 / 1000.0; }
-static double m_e2e95(const struct replay_result *r) { return r->e2e_p95 / 1000.0; }
-static double m_e2e99(const struct replay_result *r) { return r->e2e_p99 / 1000.0; }
-static double m_rps(const struct replay_result *r) { return r->req_per_s; }
-static double m_imb(const struct replay_result *r) { return r->imbalance; }
-static double m_route(const struct replay_result *r) { return r->route_ns_mean / 1000.0; }
-static double m_decide(const struct replay_result *r) { return r->decide_ns_mean / 1000.0; }
-static double m_evict(const struct replay_result *r) { return r->evict_ns_per_call / 1000.0; }
-static double m_lps(const struct replay_result *r) { return r->lookups_per_s; }
-static double m_eps(const struct replay_result *r) { return r->events_per_s; }
+static double
+m_hit(const struct replay_result *r)
+{
+	return r->hit_rate;
+}
+static double
+m_idx_hit(const struct replay_result *r)
+{
+	return r->index_hit_rate;
+}
+static double
+m_ttft50(const struct replay_result *r)
+{
+	return r->ttft_p50 / 1000.0;
+}
+static double
+m_ttft95(const struct replay_result *r)
+{
+	return r->ttft_p95 / 1000.0;
+}
+static double
+m_e2e50(const struct replay_result *r)
+{
+	return r->e2e_p50 / 1000.0;
+}
+static double
+m_e2e95(const struct replay_result *r)
+{
+	return r->e2e_p95 / 1000.0;
+}
+static double
+m_e2e99(const struct replay_result *r)
+{
+	return r->e2e_p99 / 1000.0;
+}
+static double
+m_rps(const struct replay_result *r)
+{
+	return r->req_per_s;
+}
+static double
+m_imb(const struct replay_result *r)
+{
+	return r->imbalance;
+}
+static double
+m_route(const struct replay_result *r)
+{
+	return r->route_ns_mean / 1000.0;
+}
+static double
+m_decide(const struct replay_result *r)
+{
+	return r->decide_ns_mean / 1000.0;
+}
+static double
+m_evict(const struct replay_result *r)
+{
+	return r->evict_ns_per_call / 1000.0;
+}
+static double
+m_lps(const struct replay_result *r)
+{
+	return r->lookups_per_s;
+}
+static double
+m_eps(const struct replay_result *r)
+{
+	return r->events_per_s;
+}
 
 /* Aggregate metric m over the rows with the configuration of rows[i]. */
 static struct agg
@@ -134,12 +190,14 @@ replay_markdown(FILE *f, const struct replay_row *rows, size_t n, const char *xn
 {
 	bool hx = xname != NULL && xname[0] != '\0';
 
-	fprintf(f, "| workload |%s router | evict | workers | cap (tok) | seeds | hit rate | "
-		   "index hit | TTFT p50 (s) | TTFT p95 (s) | E2E p50 (s) | E2E p95 (s) | "
-		   "E2E p99 (s) | req/s | imbalance | route µs | evict µs/call |\n",
+	fprintf(f,
+		"| workload |%s router | evict | workers | cap (tok) | seeds | hit rate | "
+		"index hit | TTFT p50 (s) | TTFT p95 (s) | E2E p50 (s) | E2E p95 (s) | "
+		"E2E p99 (s) | req/s | imbalance | route µs | evict µs/call |\n",
 		hx ? " x |" : "");
-	fprintf(f, "|---|%s---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		   "---:|---:|\n",
+	fprintf(f,
+		"|---|%s---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+		"---:|---:|\n",
 		hx ? "---|" : "");
 	for (size_t i = 0; i < n; i++) {
 		struct agg a = aggregate(rows, n, i, m_hit);
@@ -175,8 +233,9 @@ replay_markdown(FILE *f, const struct replay_row *rows, size_t n, const char *xn
 			eps += m_eps(&rows[i].r) / n;
 			dec += m_decide(&rows[i].r) / n;
 		}
-		fprintf(f, "policy step %.2f µs per decision; %.0f index lookups/s and %.0f "
-			   "events/s sustained by the replay.\n",
+		fprintf(f,
+			"policy step %.2f µs per decision; %.0f index lookups/s and %.0f "
+			"events/s sustained by the replay.\n",
 			dec, lps, eps);
 	}
 }
@@ -264,23 +323,27 @@ write_chart(const char *dir, const struct chart *c, const struct replay_row *row
 	if (gp == NULL) {
 		return -errno;
 	}
-	fprintf(gp, "# kvdex-replay chart: gnuplot %s.gp\nset terminal png size 900,540\n"
-		    "set output '%s.png'\nset ylabel '%s'\nset grid ytics\nset key outside right\n"
-		    "set yrange [0:*]\nset offsets 0.3, 0.3, 0, 0\n",
+	fprintf(gp,
+		"# kvdex-replay chart: gnuplot %s.gp\nset terminal png size 900,540\n"
+		"set output '%s.png'\nset ylabel '%s'\nset grid ytics\nset key outside right\n"
+		"set yrange [0:*]\nset offsets 0.3, 0.3, 0, 0\n",
 		c->name, c->name, c->ylabel);
 	if (!sweep) {
 		snprintf(dat, sizeof(dat), "%s/%s.dat", dir, c->name);
 		rc = write_dat(dat, rows, n, "", c->m, true);
-		fprintf(gp, "set xlabel 'router+eviction'\nset style fill solid 0.5\nset boxwidth 0.6\n"
-			    "plot '%s.dat' using 0:2:xtic(1) with boxes notitle, "
-			    "'' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\n",
+		fprintf(gp,
+			"set xlabel 'router+eviction'\nset style fill solid 0.5\nset boxwidth 0.6\n"
+			"plot '%s.dat' using 0:2:xtic(1) with boxes notitle, "
+			"'' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\n",
 			c->name);
 	} else {
 		fprintf(gp, "set xlabel '%s'\nplot ", xname);
 		for (size_t k = 0; k < ns && rc == 0; k++) {
 			snprintf(dat, sizeof(dat), "%s/%s-%s.dat", dir, c->name, series[k]);
 			rc = write_dat(dat, rows, n, series[k], c->m, false);
-			fprintf(gp, "%s'%s-%s.dat' using 0:2:3:4:xtic(1) with yerrorlines lw 2 title '%s'",
+			fprintf(gp,
+				"%s'%s-%s.dat' using 0:2:3:4:xtic(1) with yerrorlines lw 2 title "
+				"'%s'",
 				k ? ", " : "", c->name, series[k], series[k]);
 		}
 		fputs("\n", gp);

@@ -561,7 +561,8 @@ sim_connect(struct sim *s)
 	int rc;
 
 	if (s->o->servers == NULL) {
-		uint64_t cap = (uint64_t)s->o->workers * (s->o->capacity_tokens / s->w->block_size + 1);
+		uint64_t cap =
+			(uint64_t)s->o->workers * (s->o->capacity_tokens / s->w->block_size + 1);
 
 		rc = kvdex_bench_server_start(s->o->kvdexd, cap * 2 > 65536 ? cap * 2 : 65536,
 					      &s->srv);
@@ -701,7 +702,8 @@ sim_fini(struct sim *s)
 	return rc;
 }
 
-/* ---- Results ---------------------------------------------------------------------------------- */
+/* ---- Results ----------------------------------------------------------------------------------
+ */
 
 static void
 sim_latencies(struct sim *s, struct replay_result *res, const double *arrival)

@@ -214,7 +214,8 @@ gsp_order(const struct replay_gsp_opts *o, struct gsp_item *it, size_t n)
 		it[a].a = (uint32_t)a;
 		switch (o->order) {
 		case REPLAY_ORDER_RANDOM:
-			it[a].sort_key = replay_splitmix64((4ull << 56) | (((uint64_t)a << 32) ^ o->seed));
+			it[a].sort_key =
+				replay_splitmix64((4ull << 56) | (((uint64_t)a << 32) ^ o->seed));
 			break;
 		case REPLAY_ORDER_GROUPED:
 			it[a].sort_key = a;
@@ -301,8 +302,9 @@ replay_gsp_generate(const struct replay_gsp_opts *o, struct replay_workload *w)
 		size_t nt = gsp_tokens(o, it[rid].a, rid, tok, &pt);
 
 		r->arrival_ms = t * 1000.0;
-		t += wl_exp_gap_s(replay_splitmix64((5ull << 56) | (((uint64_t)rid << 32) ^ o->seed)),
-				  o->rate);
+		t += wl_exp_gap_s(
+			replay_splitmix64((5ull << 56) | (((uint64_t)rid << 32) ^ o->seed)),
+			o->rate);
 		r->prompt_tokens = pt;
 		r->output_tokens = o->output_tokens;
 		r->group = it[rid].a / o->prompts;
@@ -389,13 +391,14 @@ replay_mt_generate(const struct replay_mt_opts *o, struct replay_workload *w)
 			r->output_tokens = o->output_tokens;
 			r->group = c;
 			r->next = t + 1 < o->turns ? (int32_t)(i + 1) : -1;
-			r->think_ms = o->think_ms > 0.0 ? -log(1.0 - wl_unit(h)) * o->think_ms : 0.0;
+			r->think_ms =
+				o->think_ms > 0.0 ? -log(1.0 - wl_unit(h)) * o->think_ms : 0.0;
 			w->prompt_tokens += pt;
 			rc = wl_add_chain(w, r, tok, nt);
 			w->nreq = i + 1;
 		}
-		start += wl_exp_gap_s(replay_splitmix64((9ull << 56) | (((uint64_t)c << 32) ^ o->seed)),
-				      o->rate);
+		start += wl_exp_gap_s(
+			replay_splitmix64((9ull << 56) | (((uint64_t)c << 32) ^ o->seed)), o->rate);
 	}
 	free(tok);
 	if (rc < 0) {
