@@ -83,6 +83,7 @@ route_defaults(struct kvdex_route_opts *d)
 	d->lbgr = (struct kvdex_route_lbgr_opts){1.0, 1.0, 1.0, 31, 32, 20, 0.992, 1e6};
 	d->kvdex = (struct kvdex_route_kvdex_opts){
 		.prefill_ms_per_token = 0.125,
+		.miss_weight = 8.0,
 		.fetch_ms_per_token = {0.0, 0.005, 0.025, 0.01},
 		.queued_req_ms = 2.0,
 		.running_req_ms = 0.5,

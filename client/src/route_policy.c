@@ -380,7 +380,7 @@ kvdex_ttft(const struct kvdex_router *r, const struct kvdex_route_req *q,
 			    kvdex_recent_tokens(w, c->load_age_ms, q->now_ms)) *
 			   pr +
 		   o->queued_req_ms * c->load.queued + o->running_req_ms * c->load.running;
-	t->prefill = view.uncached * pr;
+	t->prefill = view.uncached * pr * o->miss_weight;
 	t->spec = (double)(c->spec_blocks - spec) * q->block_size * o->spec_miss_frac * pr;
 	if (c->load_age_ms == KVDEX_LOAD_AGE_NEVER || c->load_age_ms > o->stale_ms) {
 		t->penalty += o->stale_penalty_ms;

@@ -199,6 +199,7 @@ struct replay_run_opts {
 	/* overrides of the route options (< 0: keep the library default) */
 	double lbgr_units_per_token;
 	double kvdex_prefill_ms_per_token;
+	double kvdex_miss_weight; /* < 0: the router's default */
 	double kvdex_queued_req_ms;
 	/* server */
 	const char *kvdexd;  /* path, when spawning */

@@ -82,6 +82,7 @@ usage(FILE *f)
 	      "  --seed N | --seeds a,b,c\n"
 	      "  --base-ms X --prefill-ms X --decode-ms X   service model (10, 0.14, 12)\n"
 	      "  --lbgr-units-per-token X --kvdex-prefill-ms X --kvdex-queued-ms X\n"
+	      "  --kvdex-miss-weight X\n"
 	      "  --use-kvdex-route     call kvdex_route() (wall clock) instead of decide\n"
 	      "  --speculate           routers publish speculative entries\n"
 	      "sweeps and output:\n"
@@ -353,6 +354,7 @@ enum {
 	O_LBGRU,
 	O_KVPF,
 	O_KVQ,
+	O_KVMW,
 	O_USEROUTE,
 	O_SPEC,
 	O_SWEEP,
@@ -396,6 +398,7 @@ static const struct option long_opts[] = {
 	{"lbgr-units-per-token", 1, 0, O_LBGRU},
 	{"kvdex-prefill-ms", 1, 0, O_KVPF},
 	{"kvdex-queued-ms", 1, 0, O_KVQ},
+	{"kvdex-miss-weight", 1, 0, O_KVMW},
 	{"use-kvdex-route", 0, 0, O_USEROUTE},
 	{"speculate", 0, 0, O_SPEC},
 	{"sweep", 1, 0, O_SWEEP},
@@ -525,6 +528,8 @@ opt_one(struct cfg *c, int o, const char *v)
 				    &c->run.kvdex_prefill_ms_per_token);
 	case O_KVQ:
 		return parse_double("--kvdex-queued-ms", v, 0.0, &c->run.kvdex_queued_req_ms);
+	case O_KVMW:
+		return parse_double("--kvdex-miss-weight", v, 0.0, &c->run.kvdex_miss_weight);
 	case O_USEROUTE:
 		c->run.use_kvdex_route = true;
 		return 0;

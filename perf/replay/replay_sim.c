@@ -121,6 +121,7 @@ replay_run_opts_init(struct replay_run_opts *o)
 	replay_model_init(&o->model);
 	o->lbgr_units_per_token = -1.0;
 	o->kvdex_prefill_ms_per_token = -1.0;
+	o->kvdex_miss_weight = -1.0;
 	o->kvdex_queued_req_ms = -1.0;
 }
 
@@ -642,6 +643,9 @@ sim_router_init(struct sim *s)
 	ro.speculate = s->o->speculate;
 	if (s->o->lbgr_units_per_token >= 0) {
 		ro.lbgr.units_per_token = s->o->lbgr_units_per_token;
+	}
+	if (s->o->kvdex_miss_weight >= 0) {
+		ro.kvdex.miss_weight = s->o->kvdex_miss_weight;
 	}
 	if (s->o->kvdex_prefill_ms_per_token >= 0) {
 		ro.kvdex.prefill_ms_per_token = s->o->kvdex_prefill_ms_per_token;

@@ -152,6 +152,10 @@ struct kvdex_route_kvdex_opts {
 	double stale_penalty_ms;      /**< 50 */
 	uint16_t kv_high_permille;    /**< 900: the penalty starts here */
 	double kv_full_penalty_ms;    /**< 200 at 1000 permille, linear from high */
+	/** An uncached token counts miss_weight times its own prefill: a miss
+	 * also spends capacity that later requests of the same prefix would have
+	 * saved, which a per-request TTFT estimate does not see. */
+	double miss_weight;
 };
 
 /** Router options; initialise with kvdex_route_opts_init(). */
