@@ -196,10 +196,31 @@ vb_cm_poll_at(struct vb_conn *vc, bool force)
 			vb_fail(vc, -ECONNRESET, "%s", "RDMA device removed");
 			break;
 		case RDMA_CM_EVENT_TIMEWAIT_EXIT:
+			/* The QP left timewait: we never reuse QPs. */
+			break;
 		case RDMA_CM_EVENT_ADDR_CHANGE:
+			/* A moved address shows up as completion errors or
+			 * DISCONNECTED; nothing to redo on a live connection. */
+			break;
+		case RDMA_CM_EVENT_ADDR_RESOLVED:
+		case RDMA_CM_EVENT_ADDR_ERROR:
+		case RDMA_CM_EVENT_ROUTE_RESOLVED:
+		case RDMA_CM_EVENT_ROUTE_ERROR:
+		case RDMA_CM_EVENT_CONNECT_REQUEST:
+		case RDMA_CM_EVENT_CONNECT_RESPONSE:
+		case RDMA_CM_EVENT_CONNECT_ERROR:
+		case RDMA_CM_EVENT_UNREACHABLE:
+		case RDMA_CM_EVENT_REJECTED:
+		case RDMA_CM_EVENT_ESTABLISHED:
+			/* Connection setup events: vb_cm_expect consumed those
+			 * of our setup; none can come after ESTABLISHED. */
+			break;
+		case RDMA_CM_EVENT_MULTICAST_JOIN:
+		case RDMA_CM_EVENT_MULTICAST_ERROR:
+			/* We never join multicast groups. */
+			break;
 		default:
-			/* Nothing to do on an established connection: a moved
-			 * address shows up as errors or DISCONNECTED. */
+			KVDEX_LOG_INFO(LOG_COMP, "unexpected rdma_cm event %d", (int)t);
 			break;
 		}
 	}
@@ -840,10 +861,23 @@ vb_sleep(struct vb_conn *vc, uint64_t deadline_ms)
  * for up to BUSY_NS (when busy), then arm the CQ, poll once more (a
  * completion that beat the arming raises no event) and sleep.
  */
+static uint64_t
+busy_ns(void)
+{
+	static uint64_t v;
+
+	if (v == 0) {
+		const char *e = getenv("KVDEX_VERBS_BUSY_US");
+
+		v = e != NULL ? strtoull(e, NULL, 10) * 1000u + 1 : BUSY_NS;
+	}
+	return v;
+}
+
 static int
 vb_wait(struct vb_conn *vc, vb_done_fn done, uint64_t deadline_ms, bool busy)
 {
-	uint64_t busy_until = now_ns() + (busy ? BUSY_NS : 0);
+	uint64_t busy_until = now_ns() + (busy ? busy_ns() : 0);
 
 	for (;;) {
 		int n = vb_progress(vc);

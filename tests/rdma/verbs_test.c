@@ -70,7 +70,7 @@ vt_init(void)
 	}
 }
 
-TestSuite(verbs, .init = vt_init, .fini = h_cleanup, .timeout = 240);
+TestSuite(verbs, .init = vt_init, .fini = h_cleanup, .timeout = 480);
 
 /* The rdma= line of the server's ready file, as "rdma:host:port". */
 static void
@@ -687,6 +687,9 @@ rewriter_child(const char *raddr, const uint64_t *keys, size_t n)
 		}
 		hdr.seq = seq;
 		kvdex_publish(c, &hdr, ev, n, NULL);
+		/* Still hundreds of rewrites a second, but the VM's two CPUs
+		 * must also run the reader, the server and Soft-RoCE. */
+		usleep(1000);
 	}
 }
 
@@ -721,7 +724,7 @@ Test(verbs, torn_stress)
 	{
 		struct pollfd p = {.fd = out_r, .events = POLLIN};
 
-		cr_assert(gt(i32, poll(&p, 1, 200000), 0), "reader still running after 200 s");
+		cr_assert(gt(i32, poll(&p, 1, 420000), 0), "reader still running after 420 s");
 	}
 	stop_reader(rpid, stop_w, out_r, &rep);
 	kill(wpid, SIGKILL);
@@ -735,6 +738,7 @@ Test(verbs, torn_stress)
 	cr_assert(eq(u64, rep.errors, 0), "lookup errors (first %d)", rep.first_err);
 	cr_assert(ge(u64, rep.lookups, want), "only %llu lookups", (unsigned long long)rep.lookups);
 	cr_assert(gt(u64, h_stat1(c, 0, "publish_batches"), 100), "the publisher did not run");
+	cr_assert(gt(u64, rep.retries, 0), "no torn or stale image was ever seen: no race tested");
 	kvdex_client_destroy(c);
 	h_server_stop_ok(&s);
 }
