@@ -3,7 +3,8 @@
 #
 # The project's test command (README): from a fresh clone on Debian 12, as
 # root, install what is missing, configure, build, run every default test
-# suite (the 'rdma' suite is excluded by the default test setup), and print
+# suite, then the 'rdma' suite on real verbs inside a Soft-RoCE VM
+# (tests/rdma/run-rdma-suite.sh: the host kernel has no RDMA), and print
 #
 #   N passed, N failed[, N skipped]
 #
@@ -15,7 +16,8 @@
 # testlogs to TESTLOGS so the summary covers them all.
 #
 # Environment: BUILD_DIR (default build), MESON_TEST_ARGS (extra arguments to
-# meson test, e.g. "--suite unit"), SKIP_DEPS=1 to skip the package step.
+# meson test, e.g. "--suite unit"), SKIP_DEPS=1 to skip the package steps,
+# SKIP_RDMA=1 to skip the VM suite (its results then do not count).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,12 +76,31 @@ step_meson_test() {
 # non-zero itself (`|| return`) when something it needs fails. A test step
 # returns 0 when the tests ran, whatever their results, and appends its
 # testlog to TESTLOGS.
-# Later issues: add step functions here (e.g. step_rdma_vm) and list them.
+step_rdma_vm() {
+    local testlog="$BUILD_DIR/meson-logs/testlog-rdma.json"
+
+    if [[ ${SKIP_RDMA:-0} == 1 ]]; then
+        log "test: rdma suite skipped (SKIP_RDMA=1)"
+        return
+    fi
+    log "test: rdma suite in the Soft-RoCE VM"
+    rm -f "$testlog"
+    BUILD_DIR=$BUILD_DIR bash tests/rdma/run-rdma-suite.sh || true
+    # The suite writes a meson-style testlog (a failed setup included), so
+    # its results count in the summary like meson's own.
+    if [[ ! -f "$testlog" ]]; then
+        echo "run-all: the rdma suite wrote no testlog" >&2
+        return 1
+    fi
+    TESTLOGS+=("$testlog")
+}
+
 STEPS=(
     step_deps
     step_configure
     step_build
     step_meson_test
+    step_rdma_vm
 )
 
 # Count results over every testlog (one JSON object per line per test).
