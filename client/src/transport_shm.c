@@ -149,7 +149,7 @@ shm_peer_gone(struct shm_conn *sc)
 }
 
 /* How many ops ahead of the copy their cache lines are prefetched. */
-#define SHM_PREFETCH_OPS 6u
+#define SHM_PREFETCH_OPS 8u
 
 static void
 shm_prefetch(const struct shm_conn *sc, const struct kvdex_read_op *op)
@@ -159,7 +159,11 @@ shm_prefetch(const struct shm_conn *sc, const struct kvdex_read_op *op)
 	if (op->off + op->len > sc->safe || op->off + op->len < op->off) {
 		return;
 	}
-	for (uint32_t off = 0; off < op->len; off += KVDEX_CACHE_LINE) {
+	/* The first two lines start the miss; the hardware's streamer brings
+	 * the rest once the copy walks the bucket. Prefetching every line
+	 * stalls on the line-fill buffers instead. */
+	for (uint32_t off = 0; off < op->len && off < 2 * KVDEX_CACHE_LINE;
+	     off += KVDEX_CACHE_LINE) {
 		__builtin_prefetch(sc->map + op->off + off);
 	}
 }
