@@ -125,8 +125,8 @@ struct kvdex_sconn {
 	uint64_t id;
 	bool is_unix;
 	/* io */
-	bool open;		   /* until conn_close */
-	int fd;			   /* socket; -1 for verbs connections */
+	bool open;		  /* until conn_close */
+	int fd;			  /* socket; -1 for verbs connections */
 	struct kvdex_rconn *rdma; /* verbs connection state (server/rdma.c), or NULL */
 	struct cds_list_head link;
 	uint8_t *rbuf;
@@ -189,7 +189,7 @@ struct kvdex_server {
 	int unix_fd;
 	uint16_t tcp_port; /* actual port */
 	char unix_path[KVDEX_UNIX_PATH_MAX];
-	bool unix_bound; /* we created unix_path: remove it at exit */
+	bool unix_bound;		     /* we created unix_path: remove it at exit */
 	struct kvdex_rdma *rdma;	     /* NULL: no RDMA listener */
 	char rdma_listen[KVDEX_CFG_STR + 8]; /* "host:port" for HelloReply, "" if none */
 	char server_id[KVDEX_CFG_STR];

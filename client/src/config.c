@@ -173,7 +173,8 @@ cfg_apply(struct cfg_ctx *x, struct kvdex_client_config *cfg, const char *key, c
 		} else if (strcmp(val, "verbs") == 0) {
 			cfg->transport = KVDEX_TRANSPORT_VERBS;
 		} else {
-			return cfg_fail(x, "transport must be auto, shm, tcp or verbs, not '%s'", val);
+			return cfg_fail(x, "transport must be auto, shm, tcp or verbs, not '%s'",
+					val);
 		}
 		return 0;
 	}
