@@ -51,6 +51,14 @@ uint64_t kvdex_bench_now_ns(void);
 /* CPU time of the calling thread in nanoseconds (CLOCK_THREAD_CPUTIME_ID):
  * unlike wall time, not inflated when other processes preempt us. */
 uint64_t kvdex_bench_thread_cpu_ns(void);
+/* CPU time of a process, all threads, in ns: the sum of its threads'
+ * /proc/<pid>/task/<tid>/schedstat, else utime + stime of /proc/<pid>/stat
+ * (clock ticks); 0 if unreadable. */
+uint64_t kvdex_bench_proc_cpu_ns(pid_t pid);
+/* The same, and the number of timeslices its threads ran (schedstat's third
+ * field: how often they were scheduled, i.e. woken). 0; -ENOENT when only
+ * the /proc/<pid>/stat figure was there (*slices = 0); -ESRCH (both 0). */
+int kvdex_bench_proc_sched(pid_t pid, uint64_t *cpu_ns, uint64_t *slices);
 /* Print "# host: N CPUs, load average ..." (shared machines skew tails). */
 void kvdex_bench_print_host(FILE *f);
 /* A publisher incarnation: CLOCK_REALTIME in ns, so that a rerun against a

@@ -565,7 +565,7 @@ bl_lookup_failed(const struct bl_row *row, int rc)
 static void
 bl_cell_begin(const struct bl_row *row, struct bl_cell *c, uint64_t *t0)
 {
-	c->srv_ns = row->sys.server_pid ? bl_proc_cpu_ns(row->sys.server_pid) : 0;
+	c->srv_ns = row->sys.server_pid ? kvdex_bench_proc_cpu_ns(row->sys.server_pid) : 0;
 	c->cli_ns = kvdex_bench_thread_cpu_ns();
 	*t0 = kvdex_bench_now_ns();
 }
@@ -575,7 +575,8 @@ bl_cell_end(const struct bl_row *row, struct bl_cell *c, uint64_t t0, struct kvd
 {
 	c->wall_ns = kvdex_bench_now_ns() - t0;
 	c->cli_ns = kvdex_bench_thread_cpu_ns() - c->cli_ns;
-	c->srv_ns = row->sys.server_pid ? bl_proc_cpu_ns(row->sys.server_pid) - c->srv_ns : 0;
+	c->srv_ns =
+		row->sys.server_pid ? kvdex_bench_proc_cpu_ns(row->sys.server_pid) - c->srv_ns : 0;
 	kvdex_bench_lat_sort(lat);
 	c->p50 = kvdex_bench_lat_pct(lat, 0.50);
 	c->p99 = kvdex_bench_lat_pct(lat, 0.99);

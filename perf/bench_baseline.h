@@ -253,10 +253,6 @@ int bl_mc_start(const char *path, struct bl_proc *p);
 int bl_proc_stop(struct bl_proc *p);
 /* First line of `path args` (e.g. "--version"), or "?" */
 void bl_program_version(const char *path, const char *arg, char *buf, size_t len);
-/* CPU time of a process, all threads, in ns: the sum of its threads'
- * /proc/<pid>/task/<tid>/schedstat, else utime + stime of /proc/<pid>/stat
- * (clock ticks); 0 if unreadable. */
-uint64_t bl_proc_cpu_ns(pid_t pid);
 
 /* kvdex-bench baseline (argv[1] is "baseline"): an exit status. */
 int kvdex_bench_baseline_main(int argc, char **argv);

@@ -14,18 +14,12 @@
  * interrupted benchmark leaves nothing behind; stopping is SIGTERM and a
  * bounded wait, and a non-zero exit status fails the run.
  *
- * Server CPU time is the time on CPU of every thread of the process, from
- * /proc/<pid>/task/<tid>/schedstat (nanoseconds, updated whenever a thread
- * sleeps, which a server does between requests). Where schedstat is missing
- * we fall back to utime + stime of /proc/<pid>/stat, in clock ticks (10 ms at
- * USER_HZ 100), which needs phases of a second or more to mean much. Threads
- * that exit during a phase take their time with them; the servers' threads
- * live as long as the server.
+ * Server CPU time is kvdex_bench_proc_cpu_ns() (bench_util.c): every thread's
+ * time on CPU from /proc/<pid>/task/<tid>/schedstat.
  */
 #include "perf/bench_baseline.h"
 
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -132,80 +126,6 @@ bl_program_version(const char *path, const char *arg, char *buf, size_t len)
 		buf[strcspn(buf, "\n")] = '\0';
 	}
 	pclose(f);
-}
-
-static uint64_t proc_stat_cpu_ns(pid_t pid);
-
-/* Sum of the first field of /proc/<pid>/task/<tid>/schedstat (time on CPU,
- * ns) over the process's threads; 0 if unavailable. */
-static uint64_t
-proc_schedstat_ns(pid_t pid)
-{
-	char path[64];
-	struct dirent *de;
-	uint64_t sum = 0;
-	DIR *d;
-
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	d = opendir(path);
-	if (!d) {
-		return 0;
-	}
-	while ((de = readdir(d))) {
-		char p2[320];
-		unsigned long long ns;
-		FILE *f;
-
-		if (de->d_name[0] == '.') {
-			continue;
-		}
-		snprintf(p2, sizeof(p2), "/proc/%d/task/%s/schedstat", (int)pid, de->d_name);
-		f = fopen(p2, "r");
-		if (!f) {
-			continue; /* the thread just exited */
-		}
-		if (fscanf(f, "%llu", &ns) == 1) {
-			sum += ns;
-		}
-		fclose(f);
-	}
-	closedir(d);
-	return sum;
-}
-
-uint64_t
-bl_proc_cpu_ns(pid_t pid)
-{
-	uint64_t ns = proc_schedstat_ns(pid);
-
-	return ns ? ns : proc_stat_cpu_ns(pid);
-}
-
-static uint64_t
-proc_stat_cpu_ns(pid_t pid)
-{
-	unsigned long long ut = 0, st = 0;
-	char path[64], line[1024];
-	const char *p;
-	FILE *f;
-	int n;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "r");
-	if (!f) {
-		return 0;
-	}
-	p = fgets(line, sizeof(line), f) ? strrchr(line, ')') : NULL;
-	fclose(f);
-	if (!p) {
-		return 0;
-	}
-	/* After "pid (comm)": state is field 3, utime 14, stime 15. */
-	n = sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st);
-	if (n != 2) {
-		return 0;
-	}
-	return (ut + st) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
 }
 
 static void

@@ -21,7 +21,21 @@
  * likely to be read, so small L does not run out of a hot cache set. Each
  * lookup is timed alone (CLOCK_MONOTONIC around the call) and every answer is
  * checked: rc 0, longest == L and the best worker among the chain's holders.
- * Any wrong answer fails the run (exit 1); speed never does.
+ * Any wrong answer fails the run (exit 1); speed never does. --lookups N
+ * times exactly N lookups per cell instead of D ms.
+ *
+ * Server CPU: when we spawned kvdexd, its CPU time (every thread, from
+ * /proc/<pid>/task/<tid>/schedstat) is read right before and right after each
+ * timed cell, and once around an idle pause with no client before the first
+ * cell, which gives the background rate (the writer's clock ticks) to
+ * compare the cells with. One-sided transports (shm, verbs) should cost the
+ * server nothing beyond that rate; tcp read emulation costs it per lookup.
+ * The timeslices its threads ran (schedstat's third field) are counted too:
+ * a server that does nothing per lookup is woken at its tick rate whatever
+ * the lookup rate, which holds even where a kernel without
+ * CONFIG_IRQ_TIME_ACCOUNTING charges softirq work (Soft-RoCE's responder)
+ * to whichever thread happened to be on the CPU. With --servers the pids
+ * are not ours and the columns read "-".
  */
 #include "perf/bench.h"
 
@@ -31,6 +45,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define LOOKUP_MAX_CHAINS 16u
 #define LOOKUP_MAX_CHAIN_LEN 4096u
@@ -43,6 +58,7 @@ struct lookup_opts {
 	uint64_t capacity; /* --capacity-blocks of the spawned kvdexd; 0 = blocks */
 	uint64_t batch;
 	uint64_t duration_ms;
+	uint64_t lookups; /* --lookups: fixed count per cell; 0 = by duration */
 	uint64_t seed;
 	unsigned holders;
 	unsigned workers;
@@ -80,6 +96,10 @@ struct lookup_cell {
 	uint64_t retries;
 	uint64_t mismatches;
 	uint64_t errors;
+	bool have_srv;	     /* the server's pid is ours: srv_* are valid */
+	uint64_t srv_before; /* its CPU time (ns, all threads) before the cell */
+	uint64_t srv_after;
+	uint64_t srv_slices; /* timeslices its threads ran over the cell */
 	int first_err;
 	char first_msg[160]; /* kvdex_client_last_error() of the first failure */
 };
@@ -122,6 +142,7 @@ lookup_usage(FILE *f)
 	      "  --listen-rdma ADDR  --listen-rdma of the spawned kvdexd (verbs: an address\n"
 	      "                      on an RDMA device, e.g. 198.18.0.1:0)\n"
 	      "  --duration-ms D     timed lookups per cell (default 2000)\n"
+	      "  --lookups N         time exactly N lookups per cell instead of D ms\n"
 	      "  --batch B           events per publish batch while loading (default 4096)\n"
 	      "  --seed S            data set and lookup order (default 1)\n"
 	      "  --capacity-blocks C --capacity-blocks of the spawned kvdexd (default N)\n"
@@ -183,6 +204,7 @@ enum {
 	OPT_CAPACITY,
 	OPT_LISTEN_RDMA,
 	OPT_BUCKET_SIZE,
+	OPT_LOOKUPS,
 };
 
 static const struct option lookup_longopts[] = {
@@ -200,6 +222,7 @@ static const struct option lookup_longopts[] = {
 	{"capacity-blocks", required_argument, NULL, OPT_CAPACITY},
 	{"listen-rdma", required_argument, NULL, OPT_LISTEN_RDMA},
 	{"bucket-size", required_argument, NULL, OPT_BUCKET_SIZE},
+	{"lookups", required_argument, NULL, OPT_LOOKUPS},
 	{"help", no_argument, NULL, 'h'},
 	{NULL, 0, NULL, 0},
 };
@@ -237,6 +260,8 @@ lookup_parse_one(int opt, const char *arg, struct lookup_opts *o)
 		return lookup_parse_transports(arg, o);
 	case OPT_DURATION:
 		return kvdex_bench_parse_u64("--duration-ms", arg, 1, 3600000, &o->duration_ms);
+	case OPT_LOOKUPS:
+		return kvdex_bench_parse_u64("--lookups", arg, 1, 1ull << 32, &o->lookups);
 	case OPT_BATCH:
 		return kvdex_bench_parse_u64("--batch", arg, 1, 65536, &o->batch);
 	case OPT_SEED:
@@ -610,6 +635,15 @@ struct lookup_run {
 	struct kvdex_holding *holdings;
 	uint32_t cap;
 	struct kvdex_bench_lat lat;
+	pid_t srv_pid;	/* the kvdexd we spawned, 0 if not ours */
+	uint64_t count; /* lookups per cell, 0: duration_ms */
+};
+
+/* The server's CPU over an idle pause, the reference for the cells. */
+struct lookup_idle {
+	uint64_t wall_ns;
+	uint64_t before, after; /* ns */
+	uint64_t slices;
 };
 
 static bool
@@ -669,12 +703,23 @@ lookup_one(struct lookup_run *r, unsigned len, bool timed, struct lookup_cell *c
 	return kvdex_bench_lat_add(&r->lat, dt);
 }
 
+/* Is the timed part of a cell over? A fixed count, or the clock. */
+static bool
+lookup_cell_done(const struct lookup_run *r, const struct lookup_cell *cell, uint64_t now,
+		 uint64_t end)
+{
+	if (r->count) {
+		return cell->lookups + cell->errors >= r->count;
+	}
+	return now >= end;
+}
+
 static int
 lookup_cell_run(struct lookup_run *r, unsigned len, uint64_t duration_ms, struct lookup_cell *cell)
 {
 	uint64_t warm = duration_ms / 10 < 200 ? duration_ms / 10 : 200;
 	uint64_t t0 = kvdex_bench_now_ns(), end = t0 + warm * 1000000ull, now = t0;
-	uint64_t cpu0;
+	uint64_t cpu0, slices0 = 0;
 	int rc;
 
 	/* Warm-up: page in the mapping / tcp buffers, fill caches. Errors here
@@ -684,10 +729,15 @@ lookup_cell_run(struct lookup_run *r, unsigned len, uint64_t duration_ms, struct
 		now = kvdex_bench_now_ns();
 	}
 	kvdex_bench_lat_reset(&r->lat);
+	if (r->srv_pid) {
+		cell->have_srv = true;
+		kvdex_bench_proc_sched(r->srv_pid, &cell->srv_before, &slices0);
+	}
 	cpu0 = kvdex_bench_thread_cpu_ns();
-	t0 = now;
+	t0 = kvdex_bench_now_ns();
+	now = t0;
 	end = t0 + duration_ms * 1000000ull;
-	while (now < end) {
+	while (!lookup_cell_done(r, cell, now, end)) {
 		rc = lookup_one(r, len, true, cell);
 		if (rc) {
 			return rc;
@@ -700,6 +750,10 @@ lookup_cell_run(struct lookup_run *r, unsigned len, uint64_t duration_ms, struct
 	}
 	cell->wall_ns = now - t0;
 	cell->cpu_ns = kvdex_bench_thread_cpu_ns() - cpu0;
+	if (r->srv_pid) {
+		kvdex_bench_proc_sched(r->srv_pid, &cell->srv_after, &cell->srv_slices);
+		cell->srv_slices = cell->srv_slices > slices0 ? cell->srv_slices - slices0 : 0;
+	}
 	kvdex_bench_lat_sort(&r->lat);
 	cell->p50 = kvdex_bench_lat_pct(&r->lat, 0.50);
 	cell->p99 = kvdex_bench_lat_pct(&r->lat, 0.99);
@@ -713,9 +767,10 @@ lookup_cell_run(struct lookup_run *r, unsigned len, uint64_t duration_ms, struct
 static void
 lookup_print_header(void)
 {
-	printf("\n%-9s %5s %9s %11s %12s %9s %9s %9s %9s %9s %7s %8s %7s %6s %6s\n", "transport",
-	       "chain", "lookups", "lookups/s", "blocks/s", "p50_us", "p99_us", "p999_us",
-	       "mean_us", "cpu_us", "rt/lk", "retry/lk", "retries", "wrong", "errors");
+	printf("\n%-9s %5s %9s %11s %12s %9s %9s %9s %9s %9s %7s %8s %7s %6s %6s %10s %10s\n",
+	       "transport", "chain", "lookups", "lookups/s", "blocks/s", "p50_us", "p99_us",
+	       "p999_us", "mean_us", "cpu_us", "rt/lk", "retry/lk", "retries", "wrong", "errors",
+	       "srv_cpu_us", "srv_cpu_ms");
 }
 
 static double
@@ -724,20 +779,69 @@ lookup_per_s(uint64_t n, uint64_t ns)
 	return ns ? (double)n * 1e9 / (double)ns : 0.0;
 }
 
+/* Server CPU over a cell in ns (after - before; a thread that exited takes
+ * its time with it, so never below 0). */
+static uint64_t
+lookup_srv_ns(const struct lookup_cell *c)
+{
+	return c->srv_after > c->srv_before ? c->srv_after - c->srv_before : 0;
+}
+
 static void
 lookup_print_cell(const struct lookup_cell *c)
 {
 	double lk = c->lookups ? (double)c->lookups : 1.0;
+	char srv_us[32] = "-", srv_ms[32] = "-";
 
+	if (c->have_srv) {
+		snprintf(srv_us, sizeof(srv_us), "%.3f", lookup_srv_ns(c) / lk / 1e3);
+		snprintf(srv_ms, sizeof(srv_ms), "%.3f", lookup_srv_ns(c) / 1e6);
+	}
 	printf("%-9s %5u %9" PRIu64 " %11.0f %12.0f %9.2f %9.2f %9.2f %9.2f %9.2f %7.3f %8.5f"
-	       " %7" PRIu64 " %6" PRIu64 " %6" PRIu64 "\n",
+	       " %7" PRIu64 " %6" PRIu64 " %6" PRIu64 " %10s %10s\n",
 	       c->transport, c->len, c->lookups, lookup_per_s(c->lookups, c->wall_ns),
 	       lookup_per_s(c->lookups * c->len, c->wall_ns), c->p50 / 1e3, c->p99 / 1e3,
 	       c->p999 / 1e3, c->mean / 1e3, c->cpu_ns / lk / 1e3, c->round_trips / lk,
-	       c->retries / lk, c->retries, c->mismatches, c->errors);
+	       c->retries / lk, c->retries, c->mismatches, c->errors, srv_us, srv_ms);
 	if (c->errors) {
 		printf("%-9s %5u first error: %s (%s)\n", "", c->len, strerror(-c->first_err),
 		       c->first_msg);
+	}
+	fflush(stdout);
+}
+
+/*
+ * The server's CPU time before and after each cell, next to the idle
+ * reference: a transport that costs the server nothing per lookup shows the
+ * idle rate (ms of CPU per s of wall time) in its cells too.
+ */
+static void
+lookup_print_srv(const struct lookup_run *r, const struct lookup_idle *idle,
+		 const struct lookup_cell *cells, unsigned n)
+{
+	if (!r->srv_pid) {
+		return;
+	}
+	printf("\nserver cpu: kvdexd pid %d, all threads (/proc/%d/task/*/schedstat), ms\n",
+	       (int)r->srv_pid, (int)r->srv_pid);
+	printf("server cpu: %-9s %5s %9s lookups in %9.1f ms: before %10.3f, after %10.3f, used "
+	       "%8.3f (%.3f ms/s), %" PRIu64 " timeslices (%.1f/s)\n",
+	       "idle", "-", "0", idle->wall_ns / 1e6, idle->before / 1e6, idle->after / 1e6,
+	       (idle->after - idle->before) / 1e6,
+	       lookup_per_s(idle->after - idle->before, idle->wall_ns) / 1e6, idle->slices,
+	       lookup_per_s(idle->slices, idle->wall_ns));
+	for (unsigned i = 0; i < n; i++) {
+		const struct lookup_cell *c = &cells[i];
+		uint64_t used = lookup_srv_ns(c);
+
+		printf("server cpu: %-9s %5u %9" PRIu64
+		       " lookups in %9.1f ms: before %10.3f, after "
+		       "%10.3f, used %8.3f (%.3f ms/s, %.3f us/lookup), %" PRIu64
+		       " timeslices (%.1f/s)\n",
+		       c->transport, c->len, c->lookups, c->wall_ns / 1e6, c->srv_before / 1e6,
+		       c->srv_after / 1e6, used / 1e6, lookup_per_s(used, c->wall_ns) / 1e6,
+		       used / (c->lookups ? (double)c->lookups : 1.0) / 1e3, c->srv_slices,
+		       lookup_per_s(c->srv_slices, c->wall_ns));
 	}
 	fflush(stdout);
 }
@@ -755,7 +859,8 @@ lookup_write_csv(const char *path, const struct lookup_cell *cells, unsigned n,
 	fprintf(f, "transport,chain,lookups,lookups_per_s,blocks_per_s,p50_ns,p99_ns,p999_ns,"
 		   "mean_ns,client_cpu_ns_per_lookup,round_trips_per_lookup,retries_per_lookup,"
 		   "wrong,errors,index_blocks,index_holders,table_bytes,region_bytes,"
-		   "bytes_per_block_holder,holders_per_block,workers\n");
+		   "bytes_per_block_holder,holders_per_block,workers,server_cpu_ns_per_lookup,"
+		   "server_cpu_ns\n");
 	for (unsigned i = 0; i < n; i++) {
 		const struct lookup_cell *c = &cells[i];
 		double lk = c->lookups ? (double)c->lookups : 1.0;
@@ -769,11 +874,16 @@ lookup_write_csv(const char *path, const struct lookup_cell *cells, unsigned n,
 			c->retries / lk);
 		fprintf(f,
 			"%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-			",%.3f,%u,%u\n",
+			",%.3f,%u,%u,",
 			c->mismatches, c->errors, m->v[MEM_BLOCKS], holders, m->v[MEM_TABLE_BYTES],
 			m->v[MEM_REGION_BYTES],
 			holders ? (double)m->v[MEM_TABLE_BYTES] / (double)holders : 0.0, o->holders,
 			o->workers);
+		if (c->have_srv) {
+			fprintf(f, "%.1f,%" PRIu64 "\n", lookup_srv_ns(c) / lk, lookup_srv_ns(c));
+		} else {
+			fprintf(f, ",\n");
+		}
 	}
 	if (fclose(f)) {
 		fprintf(stderr, "kvdex-bench: %s: %s\n", path, strerror(errno));
@@ -884,21 +994,49 @@ out:
 	return rc;
 }
 
+/* The server's CPU over a pause of min(D, 1 s) with no client connected. */
+static void
+lookup_idle_run(const struct lookup_opts *o, pid_t pid, struct lookup_idle *idle)
+{
+	uint64_t ms = o->duration_ms < 1000 ? o->duration_ms : 1000;
+	struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+			      .tv_nsec = (long)(ms % 1000) * 1000000L};
+	uint64_t t0, slices0;
+
+	kvdex_bench_proc_sched(pid, &idle->before, &slices0);
+	t0 = kvdex_bench_now_ns();
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
+	idle->wall_ns = kvdex_bench_now_ns() - t0;
+	kvdex_bench_proc_sched(pid, &idle->after, &idle->slices);
+	idle->after = idle->after > idle->before ? idle->after : idle->before;
+	idle->slices = idle->slices > slices0 ? idle->slices - slices0 : 0;
+}
+
 static int
 lookup_measure(const struct lookup_opts *o, const struct kvdex_bench_server *srv,
 	       const struct lookup_data *d, struct lookup_cell *cells)
 {
 	struct lookup_run r = {.d = d, .rng = {.s = o->seed ^ 0x6c6f6f6b7570ull}};
+	struct lookup_idle idle = {0};
 	int rc = 0;
 
 	r.cap = o->workers;
+	r.count = o->lookups;
+	r.srv_pid = o->servers ? 0 : srv->pid;
 	r.holdings = calloc(r.cap, sizeof(*r.holdings));
 	if (!r.holdings) {
 		return -ENOMEM;
 	}
+	if (r.srv_pid) {
+		lookup_idle_run(o, r.srv_pid, &idle);
+	}
 	lookup_print_header();
 	for (unsigned ti = 0; ti < o->ntransports && !rc; ti++) {
 		rc = lookup_transport_run(o, srv, ti, &r, cells);
+	}
+	if (!rc) {
+		lookup_print_srv(&r, &idle, cells, o->ntransports * o->nchains);
 	}
 	kvdex_bench_lat_fini(&r.lat);
 	free(r.holdings);
@@ -981,8 +1119,9 @@ kvdex_bench_lookup_main(int argc, char **argv)
 		return KVDEX_BENCH_EXIT_USAGE;
 	}
 	printf("kvdex-bench lookup: %" PRIu64 " blocks in chains of %u, %u holders each among %u"
-	       " workers, %" PRIu64 " ms per cell, seed %" PRIu64 "\n",
-	       d.nblocks, d.len, d.h, o.workers, o.duration_ms, o.seed);
+	       " workers, %" PRIu64 " %s per cell, seed %" PRIu64 "\n",
+	       d.nblocks, d.len, d.h, o.workers, o.lookups ? o.lookups : o.duration_ms,
+	       o.lookups ? "lookups" : "ms", o.seed);
 	if (!o.servers) {
 		rc = kvdex_bench_kvdexd_path(o.kvdexd, kvdexd, sizeof(kvdexd));
 		if (!rc) {

@@ -13,6 +13,10 @@
  *   the overflow images in before the home image. A reader that catches the
  *   chain half-written sees a home image whose chain_seq differs from an
  *   overflow image's, or a torn image, and re-reads.
+ *   That is the one general mechanism. A fast path (apply_fast) handles the
+ *   common event on a one-bucket chain with nothing to drop by rewriting
+ *   only the event's record in a copy of the home image; it writes the
+ *   bytes the general path would, and declines everything else.
  *
  * Invariants
  *   - Every home bucket of the live table holds a valid image.
@@ -219,16 +223,25 @@ hdr_get(const uint8_t *img, struct kvdex_bucket_hdr *bh)
 
 /* 0 live, 1 dead (old epoch or unknown slot), 2 expired speculative. */
 static int
-holder_state(const struct kvdex_index *ix, const struct ix_holder *h)
+holder_state_raw(const struct kvdex_index *ix, uint16_t slot, uint8_t bits, uint8_t count)
 {
-	if (h->slot >= ix->opts.slots || h_epoch(h) != ix->epoch[st_idx(h->slot, h_tier(h))]) {
+	unsigned tier = bits & KVDEX_H_TIER_MASK;
+	unsigned epoch = (bits & KVDEX_H_EPOCH_MASK) >> KVDEX_H_EPOCH_SHIFT;
+
+	if (slot >= ix->opts.slots || epoch != ix->epoch[st_idx(slot, tier)]) {
 		return 1;
 	}
-	if ((h->bits & KVDEX_H_SPEC) &&
-	    (ix->expire_all_spec || (int8_t)(uint8_t)(h->count - (uint8_t)ix->now) <= 0)) {
+	if ((bits & KVDEX_H_SPEC) &&
+	    (ix->expire_all_spec || (int8_t)(uint8_t)(count - (uint8_t)ix->now) <= 0)) {
 		return 2;
 	}
 	return 0;
+}
+
+static int
+holder_state(const struct kvdex_index *ix, const struct ix_holder *h)
+{
+	return holder_state_raw(ix, h->slot, h->bits, h->count);
 }
 
 /* ---- decoding ------------------------------------------------------------- */
@@ -329,6 +342,28 @@ chain_count_records(const struct kvdex_index *ix, const struct ix_table *t, stru
 	return 0;
 }
 
+/* Copy one record's holders and locations to base[0..nholders). */
+static void
+record_read_holders(const struct kvdex_record_view *rv, struct ix_holder *base)
+{
+	for (unsigned i = 0; i < rv->hdr.nholders; i++) {
+		struct kvdex_holder kh;
+
+		memcpy(&kh, &rv->holders[i], sizeof(kh));
+		base[i] = (struct ix_holder){.slot = kh.slot, .bits = kh.bits, .count = kh.count};
+	}
+	for (unsigned i = 0; i < rv->hdr.nlocs; i++) {
+		struct kvdex_loc kl;
+
+		memcpy(&kl, &rv->locs[i], sizeof(kl));
+		if (kl.holder < rv->hdr.nholders) {
+			base[kl.holder].has_loc = 1;
+			base[kl.holder].loc_addr = kl.addr;
+			base[kl.holder].loc_len = kl.len;
+		}
+	}
+}
+
 /* Pass 2: copy holders and locations into each entry's range. */
 static void
 chain_fill_holders(const struct kvdex_index *ix, const struct ix_table *t, struct ix_chain *c)
@@ -342,25 +377,8 @@ chain_fill_holders(const struct kvdex_index *ix, const struct ix_table *t, struc
 
 		while (kvdex_record_next(img, t->g.bucket_size, &pos, &rv) == 1) {
 			struct ix_entry *e = &c->ent[c->rec_ent[r++]];
-			struct ix_holder *base = &c->h[e->hstart + e->hcount];
 
-			for (unsigned i = 0; i < rv.hdr.nholders; i++) {
-				struct kvdex_holder kh;
-
-				memcpy(&kh, &rv.holders[i], sizeof(kh));
-				base[i] = (struct ix_holder){
-					.slot = kh.slot, .bits = kh.bits, .count = kh.count};
-			}
-			for (unsigned i = 0; i < rv.hdr.nlocs; i++) {
-				struct kvdex_loc kl;
-
-				memcpy(&kl, &rv.locs[i], sizeof(kl));
-				if (kl.holder < rv.hdr.nholders) {
-					base[kl.holder].has_loc = 1;
-					base[kl.holder].loc_addr = kl.addr;
-					base[kl.holder].loc_len = kl.len;
-				}
-			}
+			record_read_holders(&rv, &c->h[e->hstart + e->hcount]);
 			e->hcount += rv.hdr.nholders;
 		}
 	}
@@ -932,6 +950,221 @@ apply_touched(struct kvdex_index *ix, struct ix_chain *c, const struct kvdex_ind
 }
 
 static int
+apply_event(struct kvdex_index *ix, struct ix_chain *c, const struct kvdex_index_event *ev)
+{
+	switch (ev->type) {
+	case KVDEX_IX_STORED:
+		return apply_stored(ix, c, ev);
+	case KVDEX_IX_REMOVED:
+		return apply_removed(ix, c, ev);
+	case KVDEX_IX_TOUCHED:
+		return apply_touched(ix, c, ev);
+	default:
+		return -EINVAL;
+	}
+}
+
+/* ---- the one-bucket fast path ---------------------------------------------- */
+
+/*
+ * Most events touch a chain of one bucket with nothing in it to drop. For
+ * those the general path's result is known without decoding the chain:
+ * first fit puts every entry, in chain order, back into the home bucket, so
+ * its image is the old one with the event's record rewritten in place
+ * (appended for a new block, cut out for a block's last holder) and every
+ * other byte unchanged, since every image was written by the packer. The
+ * fast path decodes only that record into a one-entry chain, applies the
+ * event with the same apply_* code, and splices the re-encoded record into
+ * a copy of the image. It declines (-EAGAIN) before changing anything
+ * whenever the general path might do more: an overflow chain, a record
+ * flagged MORE, a dead or expired holder anywhere in the bucket, a store
+ * that might not fit. index_test runs random streams through both paths
+ * and compares the region bytes.
+ */
+
+/* Where the event's record is in a home image, if anywhere. */
+struct fast_pos {
+	struct kvdex_record_view rv;
+	size_t at; /* its offset in the record area, or `used` if absent */
+	bool found;
+	uint32_t nrec;
+	uint32_t used;
+};
+
+/* true when the fast path applies to the home image img. */
+static bool
+fast_scan(const struct kvdex_index *ix, const uint8_t *img, const struct kvdex_index_event *ev,
+	  struct fast_pos *fp)
+{
+	uint32_t bs = ix->t.g.bucket_size;
+	struct kvdex_bucket_hdr bh;
+	struct kvdex_record_view rv;
+	size_t pos = 0, at = 0;
+	int rc;
+
+	hdr_get(img, &bh);
+	if (bh.next != 0) {
+		return false;
+	}
+	fp->found = false;
+	while ((rc = kvdex_record_next(img, bs, &pos, &rv)) == 1) {
+		if (rv.hdr.flags & KVDEX_REC_MORE) {
+			return false;
+		}
+		for (unsigned i = 0; i < rv.hdr.nholders; i++) {
+			struct kvdex_holder kh;
+
+			memcpy(&kh, &rv.holders[i], sizeof(kh));
+			if (holder_state_raw(ix, kh.slot, kh.bits, kh.count) != 0) {
+				return false;
+			}
+		}
+		if (rv.hdr.key == ev->key && rv.hdr.ns == ev->ns) {
+			if (fp->found) {
+				return false;
+			}
+			fp->found = true;
+			fp->rv = rv;
+			fp->at = at;
+		}
+		at = pos;
+	}
+	if (rc < 0) {
+		return false; /* the general path reports it */
+	}
+	fp->nrec = bh.nrecords;
+	fp->used = bh.used;
+	if (!fp->found) {
+		fp->at = bh.used;
+	}
+	/* A store grows its record by at most one holder and one location, or
+	 * adds a record of one holder with a location. */
+	if (ev->type == KVDEX_IX_STORED &&
+	    (bh.used + kvdex_record_size(1, 1) > bs - KVDEX_BUCKET_HDR_SIZE ||
+	     (fp->found && fp->rv.hdr.nholders >= MAX_COUNT))) {
+		return false;
+	}
+	return true;
+}
+
+/* Decode the one record at fp into c as a one-entry chain (or none). */
+static int
+fast_decode(struct ix_chain *c, uint32_t home, uint32_t seq, const struct fast_pos *fp)
+{
+	const struct kvdex_record_hdr *rh = &fp->rv.hdr;
+
+	c->home = home;
+	c->seq = seq;
+	c->nov = 0;
+	c->nent = 0;
+	c->nh = 0;
+	c->nrecords = fp->found;
+	c->dropped_dead = 0;
+	c->dropped_spec = 0;
+	c->dirty = false;
+	if (fp->found) {
+		if (GROW(c->ent, c->entcap, 1) != 0 ||
+		    GROW(c->h, c->hcap, rh->nholders + 1u) != 0) {
+			return -ENOMEM;
+		}
+		c->ent[0] = (struct ix_entry){
+			.key = rh->key,
+			.ns = rh->ns,
+			.flags = rh->flags,
+			.hits = rh->hits,
+			.atime = rh->atime,
+			.hcount = rh->nholders,
+			.hcap = rh->nholders + 1u,
+		};
+		record_read_holders(&fp->rv, c->h);
+		c->nent = 1;
+		c->nh = rh->nholders + 1u;
+	}
+	return chain_snapshot_old(c);
+}
+
+/* Splice c's entry (or its absence) over the record at fp in a copy of the
+ * home image, then account, stamp, seal and write it as chain_commit does. */
+static void
+fast_commit(struct kvdex_index *ix, struct ix_chain *c, const uint8_t *img,
+	    const struct fast_pos *fp)
+{
+	struct ix_bins *bn = &ix->bins;
+	uint32_t bs = ix->t.g.bucket_size;
+	uint8_t *area = bn->img + KVDEX_BUCKET_HDR_SIZE;
+	size_t old_size = fp->found ? fp->rv.size : 0;
+	size_t new_size = 0;
+	uint32_t used;
+	unsigned nl = 0;
+
+	if (c->nent == 1) {
+		nl = count_locs(c->h, c->ent[0].hcount);
+		new_size = kvdex_record_size(c->ent[0].hcount, nl);
+	}
+	used = (uint32_t)(fp->used - old_size + new_size);
+	assert(used <= bs - KVDEX_BUCKET_HDR_SIZE &&
+	       (c->nent == 0 || c->ent[0].hcount <= MAX_COUNT));
+	memcpy(bn->img, img, bs);
+	memmove(area + fp->at + new_size, area + fp->at + old_size, fp->used - fp->at - old_size);
+	if (new_size > 0) {
+		/* zeroed first: record_write leaves the holder padding alone */
+		memset(area + fp->at, 0, new_size);
+		record_write(area + fp->at, &c->ent[0], c->h, c->ent[0].hcount, nl);
+	}
+	if (used < fp->used) {
+		memset(area + used, 0, fp->used - used);
+	}
+	bn->n = 1;
+	bn->used[0] = used;
+	bn->nrec[0] = fp->nrec - c->nrecords + c->nent;
+	bn->filter = 0;
+	chain_account(ix, c, c->nent);
+	chain_write(ix, &ix->t, c);
+	ix->st.fast_applies++;
+}
+
+/* Apply ev through the fast path; -EAGAIN when it does not apply. */
+static int
+apply_fast(struct kvdex_index *ix, uint32_t home, const struct kvdex_index_event *ev)
+{
+	const uint8_t *img = bucket_at(ix, kvdex_home_offset(&ix->t.g, home));
+	struct ix_chain *c = &ix->ch;
+	struct kvdex_bucket_hdr bh;
+	struct fast_pos fp;
+	int res;
+
+	/* The bucket is most likely not in cache: ask for all of its lines at
+	 * once instead of missing on each in turn. */
+	for (uint32_t l = 0; l < ix->t.g.bucket_size; l += KVDEX_CACHE_LINE) {
+		__builtin_prefetch(img + l);
+	}
+	if (ix->opts.general_only || !fast_scan(ix, img, ev, &fp)) {
+		return -EAGAIN;
+	}
+	hdr_get(img, &bh);
+	res = fast_decode(c, home, bh.chain_seq, &fp);
+	if (res != 0) {
+		return res;
+	}
+	res = apply_event(ix, c, ev);
+	if (res >= 0 && c->dirty) {
+		fast_commit(ix, c, img, &fp);
+	}
+	return res;
+}
+
+void
+kvdex_index_prefetch(const struct kvdex_index *ix, uint16_t ns, uint64_t key)
+{
+	const uint8_t *img =
+		bucket_at(ix, kvdex_home_offset(&ix->t.g, kvdex_home_index(&ix->t.g, ns, key)));
+
+	for (uint32_t l = 0; l < ix->t.g.bucket_size; l += KVDEX_CACHE_LINE) {
+		__builtin_prefetch(img + l);
+	}
+}
+
+static int
 apply_once(struct kvdex_index *ix, const struct kvdex_index_event *ev)
 {
 	struct ix_chain *c = &ix->ch;
@@ -939,24 +1172,16 @@ apply_once(struct kvdex_index *ix, const struct kvdex_index_event *ev)
 	int res;
 	int rc;
 
+	res = apply_fast(ix, home, ev);
+	if (res != -EAGAIN) {
+		return res;
+	}
 	rc = chain_decode(ix, &ix->t, home, c);
 	if (rc != 0) {
 		return rc;
 	}
 	chain_drop_dead(ix, c);
-	switch (ev->type) {
-	case KVDEX_IX_STORED:
-		res = apply_stored(ix, c, ev);
-		break;
-	case KVDEX_IX_REMOVED:
-		res = apply_removed(ix, c, ev);
-		break;
-	case KVDEX_IX_TOUCHED:
-		res = apply_touched(ix, c, ev);
-		break;
-	default:
-		return -EINVAL;
-	}
+	res = apply_event(ix, c, ev);
 	if (res < 0 || !c->dirty) {
 		return res;
 	}
@@ -1567,8 +1792,8 @@ kvdex_index_create(struct kvdex_region *rg, const struct kvdex_index_opts *opts,
 		KVDEX_LOG_ERR(LOG_COMP,
 			      "the initial table (%u home buckets of %u bytes) does not fit in "
 			      "the region (max %llu bytes): %s",
-			      1u << initial_log2(opts->capacity_blocks, rg->hdr.bucket_size), rg->hdr.bucket_size,
-			      (unsigned long long)rg->max, strerror(-rc));
+			      1u << initial_log2(opts->capacity_blocks, rg->hdr.bucket_size),
+			      rg->hdr.bucket_size, (unsigned long long)rg->max, strerror(-rc));
 		goto err_destroy;
 	}
 	for (uint32_t i = 0; i < (1u << ix->t.g.table_log2); i++) {

@@ -30,6 +30,7 @@ struct kvdex_index_opts {
 	uint32_t slots;		  /* worker table rows (holder slots) */
 	uint32_t sweep_per_tick;  /* chains visited per tick by the epoch sweep */
 	uint32_t spec_ttl_ms;	  /* default speculative TTL */
+	bool general_only;	  /* tests: never take the one-bucket fast path */
 };
 
 enum kvdex_index_ev_type {
@@ -75,6 +76,7 @@ struct kvdex_index_stats {
 	uint64_t swept_holders;
 	uint64_t sweep_passes;
 	uint64_t forced_sweeps;
+	uint64_t fast_applies; /* events applied by the one-bucket fast path */
 };
 
 /*
@@ -96,6 +98,13 @@ void kvdex_index_destroy(struct kvdex_index *ix);
  * @return enum kvdex_index_result (>= 0), or -ENOMEM.
  */
 int kvdex_index_apply(struct kvdex_index *ix, const struct kvdex_index_event *ev);
+
+/*
+ * Start loading the home bucket of (ns, key) into the cache. Calling it for
+ * an event a few places ahead of the one being applied hides most of the
+ * memory latency of a large table. Changes nothing.
+ */
+void kvdex_index_prefetch(const struct kvdex_index *ix, uint16_t ns, uint64_t key);
 
 /*
  * Advance the coarse clock to now_ticks: expire speculative holders due by

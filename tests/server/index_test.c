@@ -664,3 +664,156 @@ Test(index, fresh_table_valid)
 	cr_assert(eq(int, rv_scan(rg->base, &t), 0));
 	cr_assert(eq(u64, t.records, 0));
 }
+
+/* One index of a pair driven by the same events (fast_path_matches_general). */
+struct twin {
+	struct kvdex_region *rg;
+	struct kvdex_index *ix;
+};
+
+static void
+twin_open(struct twin *tw, uint32_t bucket_size, uint64_t capacity, bool general_only)
+{
+	struct kvdex_region_opts ro = {
+		.region_max = 64 * MB,
+		.bucket_size = bucket_size,
+		.workers_cap = 16,
+		.hash_seed = 0x5eed0123456789abull,
+	};
+	struct kvdex_index_opts io = {
+		.capacity_blocks = capacity,
+		.slots = 16,
+		.sweep_per_tick = 8,
+		.spec_ttl_ms = 500,
+		.general_only = general_only,
+	};
+
+	cr_assert(eq(int, kvdex_region_create(&ro, &tw->rg), 0));
+	cr_assert(eq(int, kvdex_index_create(tw->rg, &io, &tw->ix), 0));
+}
+
+static void
+twin_close(struct twin *tw)
+{
+	kvdex_index_destroy(tw->ix);
+	kvdex_region_destroy(tw->rg);
+}
+
+/* The live tables of both regions are the same bytes at the same place. */
+static void
+twin_compare(const struct twin *a, const struct twin *b)
+{
+	struct kvdex_region_hdr ha, hb;
+	struct kvdex_geometry ga, gb;
+	struct kvdex_index_stats sa, sb;
+	uint64_t len;
+
+	cr_assert(eq(int, rv_hdr(a->rg->base, &ha, &ga), 0));
+	cr_assert(eq(int, rv_hdr(b->rg->base, &hb, &gb), 0));
+	cr_assert(eq(u64, ga.table_off, gb.table_off));
+	cr_assert(eq(u32, ga.table_log2, gb.table_log2));
+	cr_assert(eq(u32, ga.overflow_count, gb.overflow_count));
+	len = ((1ull << ga.table_log2) + ga.overflow_count) * ga.bucket_size;
+	cr_assert(eq(int, memcmp(a->rg->base + ga.table_off, b->rg->base + gb.table_off, len), 0));
+	kvdex_index_get_stats(a->ix, &sa);
+	kvdex_index_get_stats(b->ix, &sb);
+	sa.fast_applies = sb.fast_applies;
+	cr_assert(eq(int, memcmp(&sa, &sb, sizeof(sa)), 0));
+}
+
+static uint64_t
+twin_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static struct kvdex_index_event
+twin_event(uint64_t *rs, unsigned nkeys)
+{
+	uint64_t r = twin_rand(rs);
+	unsigned kind = (unsigned)(r % 100);
+	struct kvdex_index_event e = {
+		.ns = (uint16_t)(1 + ((r >> 8) & 1)),
+		.slot = (uint16_t)((r >> 9) % 16),
+		.tier = (uint8_t)((r >> 13) & 3),
+		.key = key_of((unsigned)(twin_rand(rs) % nkeys)),
+	};
+
+	if (kind < 45) {
+		e.type = KVDEX_IX_STORED;
+		e.has_loc = ((r >> 16) & 3) == 0;
+		e.loc_addr = r;
+		e.loc_len = (uint32_t)(r >> 32);
+		e.fused = ((r >> 20) & 7) == 0;
+	} else if (kind < 60) {
+		e.type = KVDEX_IX_STORED;
+		e.spec = true;
+		e.ttl_ms = (uint32_t)((r >> 24) % 3000);
+	} else if (kind < 90) {
+		e.type = KVDEX_IX_REMOVED;
+	} else {
+		e.type = KVDEX_IX_TOUCHED;
+	}
+	return e;
+}
+
+/* 20. The one-bucket fast path writes exactly the images (and keeps exactly
+ * the counters) the general decode/repack path would: a random stream of
+ * every kind of event, with clears, expiries, overflow chains, split
+ * records and resizes, is applied to two indexes, one of them forced onto
+ * the general path, and their tables are compared byte for byte after every
+ * event. */
+Test(index, fast_path_matches_general)
+{
+	static const struct {
+		uint32_t bucket_size;
+		uint64_t capacity;
+		unsigned nkeys;
+	} cfg[] = {
+		{128, 64, 200},	   /* splits (20 holders a record), long chains */
+		{256, 16, 400},	   /* resizes */
+		{512, 1024, 3000}, /* mostly one-bucket chains */
+	};
+	uint64_t rs = 0x1234567887654321ull;
+
+	for (unsigned c = 0; c < sizeof(cfg) / sizeof(cfg[0]); c++) {
+		struct twin fast, gen;
+		struct kvdex_index_stats sf, sg;
+		uint32_t tick = 0;
+		const unsigned nev = 20000;
+
+		twin_open(&fast, cfg[c].bucket_size, cfg[c].capacity, false);
+		twin_open(&gen, cfg[c].bucket_size, cfg[c].capacity, true);
+		for (unsigned i = 0; i < nev; i++) {
+			struct kvdex_index_event e = twin_event(&rs, cfg[c].nkeys);
+
+			if (i % 97 == 0) {
+				tick += 1 + (uint32_t)(twin_rand(&rs) % 4);
+				kvdex_index_tick(fast.ix, tick);
+				kvdex_index_tick(gen.ix, tick);
+			}
+			if (i % 1500 == 0) {
+				unsigned mask = (unsigned)(twin_rand(&rs) % 16);
+
+				kvdex_index_bump_epochs(fast.ix, e.slot, mask);
+				kvdex_index_bump_epochs(gen.ix, e.slot, mask);
+			}
+			kvdex_index_prefetch(fast.ix, e.ns, e.key); /* must change nothing */
+			cr_assert(eq(int, kvdex_index_apply(fast.ix, &e),
+				     kvdex_index_apply(gen.ix, &e)));
+			twin_compare(&fast, &gen);
+		}
+		kvdex_index_get_stats(fast.ix, &sf);
+		kvdex_index_get_stats(gen.ix, &sg);
+		/* Both paths were exercised, and the general one took every event. */
+		cr_assert(gt(u64, sf.fast_applies, nev / 10));
+		cr_assert(eq(u64, sg.fast_applies, 0));
+		cr_assert(gt(u64, sg.blocks, 0));
+		cr_assert(eq(int, rv_scan(fast.rg->base, &(struct rv_totals){0}), 0));
+		twin_close(&fast);
+		twin_close(&gen);
+	}
+}
