@@ -354,7 +354,8 @@ struct kvdex_ttft {
  */
 static void
 kvdex_ttft(const struct kvdex_router *r, const struct kvdex_route_req *q,
-	   const struct kvdex_route_cand *c, const struct route_worker *w, struct kvdex_ttft *t)
+	   const struct kvdex_route_cand *c, const struct route_worker *w, double miss_weight,
+	   struct kvdex_ttft *t)
 {
 	const struct kvdex_route_kvdex_opts *o = &r->o.kvdex;
 	uint32_t real[KVDEX_NTIERS], spec = c->spec_blocks, held = 0;
@@ -380,7 +381,7 @@ kvdex_ttft(const struct kvdex_router *r, const struct kvdex_route_req *q,
 			    kvdex_recent_tokens(w, c->load_age_ms, q->now_ms)) *
 			   pr +
 		   o->queued_req_ms * c->load.queued + o->running_req_ms * c->load.running;
-	t->prefill = view.uncached * pr * o->miss_weight;
+	t->prefill = view.uncached * pr * miss_weight;
 	t->spec = (double)(c->spec_blocks - spec) * q->block_size * o->spec_miss_frac * pr;
 	if (c->load_age_ms == KVDEX_LOAD_AGE_NEVER || c->load_age_ms > o->stale_ms) {
 		t->penalty += o->stale_penalty_ms;
@@ -395,15 +396,33 @@ kvdex_ttft(const struct kvdex_router *r, const struct kvdex_route_req *q,
 	t->total = t->queue + t->prefill + t->fetch + t->spec + t->penalty - t->affinity;
 }
 
+/*
+ * The weight of a miss, scaled by how busy the candidates are: a miss costs
+ * future capacity only when capacity is short. With every candidate idle a
+ * miss costs just its own prefill (1); with every candidate busy (something
+ * queued or running) the full miss_weight.
+ */
+static double
+kvdex_miss_weight(const struct kvdex_router *r, const struct kvdex_route_cand *c, size_t n)
+{
+	size_t busy = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		busy += c[i].load.queued + c[i].load.running > 0;
+	}
+	return 1.0 + (r->o.kvdex.miss_weight - 1.0) * (n ? (double)busy / (double)n : 1.0);
+}
+
 static void
 pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	  size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
 	struct kvdex_ttft t, bt = {0};
+	double mw = kvdex_miss_weight(r, c, n);
 
 	v->higher_better = false;
 	for (size_t i = 0; i < n; i++) {
-		kvdex_ttft(r, q, &c[i], kvdex_route_worker(r, i), &t);
+		kvdex_ttft(r, q, &c[i], kvdex_route_worker(r, i), mw, &t);
 		c[i].score = t.total;
 		if (i == 0 || t.total < bt.total ||
 		    (t.total == bt.total &&
