@@ -65,6 +65,33 @@ void kvdex_bench_print_host(FILE *f);
  * long-running server is newer than the previous run (which it purges). */
 uint64_t kvdex_bench_incarnation(void);
 
+/* ---- Synthetic chained index (bench_gen.c) ------------------------------------ */
+
+/*
+ * The data set of kvdex-bench lookup and baseline: N random 64-bit keys in
+ * chains of `len` (chain c = keys [c * len, c * len + len), the last one
+ * possibly shorter), chain c held by H distinct workers
+ * holders[c * H .. c * H + H) (ids 1..W), holder j in tier j % KVDEX_NTIERS.
+ * A given seed always gives the same keys and holders.
+ */
+struct kvdex_bench_synth {
+	uint64_t *keys;
+	uint32_t *holders;
+	uint64_t nblocks;
+	uint64_t nchains; /* including a partial last chain */
+	uint64_t nfull;	  /* chains of full length, the ones looked up */
+	unsigned len;	  /* chain length = the longest lookup */
+	unsigned h;
+	unsigned workers;
+};
+
+/* Generate it: 0 or -ENOMEM. The caller ensures len > 0, blocks >= len and
+ * holders <= workers. */
+int kvdex_bench_synth_init(struct kvdex_bench_synth *d, uint64_t blocks, unsigned holders,
+			   unsigned workers, unsigned len, uint64_t seed);
+/* Free it; accepts NULL and a zeroed or already finished one. */
+void kvdex_bench_synth_fini(struct kvdex_bench_synth *d);
+
 /* ---- Latencies ------------------------------------------------------------- */
 
 struct kvdex_bench_lat {
@@ -92,6 +119,23 @@ int kvdex_bench_parse_u64(const char *opt, const char *s, uint64_t min, uint64_t
 /* Parse "a,b,c" integers in [min, max] into out[cap]: count or -EINVAL. */
 int kvdex_bench_parse_list(const char *opt, const char *s, unsigned min, unsigned max,
 			   unsigned *out, unsigned cap);
+struct option;
+
+/* Parse one option `opt` (getopt's value) with argument `arg` into the
+ * subcommand's options struct `opts`: 0 or -EINVAL (message on stderr). */
+typedef int (*kvdex_bench_opt_fn)(int opt, const char *arg, void *opts);
+/* Print a subcommand's usage text to f. */
+typedef void (*kvdex_bench_usage_fn)(FILE *f);
+
+/*
+ * The command line of subcommand `cmd`: getopt_long over argv[2..] (argv[1]
+ * is the subcommand) with `longopts` and -h, every option handed to
+ * parse_one(opt, optarg, opts). 0; 1 after usage on stdout for -h/--help;
+ * -EINVAL after usage on stderr for an unknown option or one parse_one
+ * rejects, or after "kvdex-bench <cmd>: unexpected argument" for an operand.
+ */
+int kvdex_bench_getopt(int argc, char **argv, const char *cmd, const struct option *longopts,
+		       kvdex_bench_opt_fn parse_one, kvdex_bench_usage_fn usage, void *opts);
 /* Print "# command: argv..." with shell quoting where needed. */
 void kvdex_bench_print_cmdline(FILE *f, int argc, char **argv);
 

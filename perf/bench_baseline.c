@@ -119,11 +119,11 @@ struct bl_run {
 	struct kvdex_bench_lat lat, lat2;
 	uint64_t *qkeys;
 	/* synthetic */
-	struct bl_synth d;
+	struct kvdex_bench_synth d;
 	struct bl_stream load, churn;
 	uint64_t *moved;
 	size_t nmoved;
-	struct bl_synth d_after; /* holders after the churn */
+	struct kvdex_bench_synth d_after; /* holders after the churn */
 	/* trace */
 	struct bl_trace t;
 };
@@ -272,8 +272,9 @@ bl_parse_route(const char *arg, struct bl_opts *o)
 }
 
 static int
-bl_parse_one(int opt, const char *arg, struct bl_opts *o)
+bl_parse_one(int opt, const char *arg, void *opts)
 {
+	struct bl_opts *o = opts;
 	int n;
 
 	switch (opt) {
@@ -333,7 +334,7 @@ static int
 bl_parse(int argc, char **argv, struct bl_opts *o)
 {
 	static const unsigned default_chains[] = {1, 8, 32, 64};
-	int opt;
+	int rc;
 
 	memset(o, 0, sizeof(*o));
 	o->blocks = 200000;
@@ -351,20 +352,9 @@ bl_parse(int argc, char **argv, struct bl_opts *o)
 	if (bl_parse_systems(BL_DEFAULT_SYSTEMS, o)) {
 		return -EINVAL;
 	}
-	optind = 2; /* argv[1] is the subcommand */
-	while ((opt = getopt_long(argc, argv, "h", bl_longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			bl_usage(stdout);
-			return 1;
-		}
-		if (opt == '?' || bl_parse_one(opt, optarg, o)) {
-			bl_usage(stderr);
-			return -EINVAL;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "kvdex-bench baseline: unexpected argument '%s'\n", argv[optind]);
-		return -EINVAL;
+	rc = kvdex_bench_getopt(argc, argv, "baseline", bl_longopts, bl_parse_one, bl_usage, o);
+	if (rc) {
+		return rc;
 	}
 	if (o->holders > o->workers) {
 		fprintf(stderr, "kvdex-bench baseline: --holders %u exceeds --workers %u\n",
@@ -967,9 +957,17 @@ bl_prepare_synth(struct bl_run *r)
 {
 	const struct bl_opts *o = &r->o;
 	unsigned len = bl_max_chain(o);
-	int rc = bl_synth_init(&r->d, o->blocks, o->holders, o->workers, len, o->seed);
+	int rc;
 
-	rc = rc ? rc : bl_synth_init(&r->d_after, o->blocks, o->holders, o->workers, len, o->seed);
+	if (o->blocks < len) {
+		fprintf(stderr, "kvdex-bench: --blocks %" PRIu64 " is less than the chain %u\n",
+			o->blocks, len);
+		return -EINVAL;
+	}
+	rc = kvdex_bench_synth_init(&r->d, o->blocks, o->holders, o->workers, len, o->seed);
+	rc = rc ? rc
+		: kvdex_bench_synth_init(&r->d_after, o->blocks, o->holders, o->workers, len,
+					 o->seed);
 	rc = rc ? rc : bl_synth_load_stream(&r->d, o->batch, &r->load);
 	if (!rc && o->publish_events) {
 		rc = bl_synth_churn_stream(&r->d_after, o->publish_events, o->seed, &r->churn,
@@ -1056,8 +1054,8 @@ bl_run_fini(struct bl_run *r)
 	kvdex_bench_lat_fini(&r->lat2);
 	free(r->qkeys);
 	free(r->moved);
-	bl_synth_fini(&r->d);
-	bl_synth_fini(&r->d_after);
+	kvdex_bench_synth_fini(&r->d);
+	kvdex_bench_synth_fini(&r->d_after);
 	bl_stream_fini(&r->load);
 	bl_stream_fini(&r->churn);
 	bl_trace_fini(&r->t);

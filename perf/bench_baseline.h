@@ -107,42 +107,27 @@ void bl_stream_fini(struct bl_stream *st);
 /* ---- Synthetic index: the data set of kvdex-bench lookup ------------------------ */
 
 /*
- * N random keys in chains of `len` (the longest lookup); chain c is held by H
- * distinct workers holders[c * H ..], holder j in tier j % 4. The same seed
- * gives the same keys and holders as `kvdex-bench lookup` (same generator,
- * same order of draws).
+ * The data set is struct kvdex_bench_synth (perf/bench.h, perf/bench_gen.c):
+ * the same seed gives the same keys and holders as `kvdex-bench lookup`.
  */
-struct bl_synth {
-	uint64_t *keys;
-	uint32_t *holders;
-	uint64_t nblocks;
-	uint64_t nchains; /* including a partial last chain */
-	uint64_t nfull;	  /* full-length chains, the ones looked up */
-	unsigned len;
-	unsigned h;
-	unsigned workers;
-};
 
-int bl_synth_init(struct bl_synth *d, uint64_t blocks, unsigned holders, unsigned workers,
-		  unsigned len, uint64_t seed);
-void bl_synth_fini(struct bl_synth *d);
 /* The initial load: every (block, holder) stored, in per-worker batches of
  * up to `batch` events flushed as they fill (as kvdex-bench lookup loads). */
-int bl_synth_load_stream(const struct bl_synth *d, unsigned batch, struct bl_stream *st);
+int bl_synth_load_stream(const struct kvdex_bench_synth *d, unsigned batch, struct bl_stream *st);
 /*
  * Churn: whole-chain moves until >= nevents events: a holder of a random full
  * chain drops it (one REMOVE batch) and a worker that does not hold it stores
  * it in the same tier (one STORE batch). Updates d->holders (the model) and
  * records the moved chains. -EINVAL when every worker holds every chain.
  */
-int bl_synth_churn_stream(struct bl_synth *d, uint64_t nevents, uint64_t seed, struct bl_stream *st,
-			  uint64_t **moved, size_t *nmoved);
+int bl_synth_churn_stream(struct kvdex_bench_synth *d, uint64_t nevents, uint64_t seed,
+			  struct bl_stream *st, uint64_t **moved, size_t *nmoved);
 /*
  * One lookup of L keys: a window at a random offset of full chain `chain`;
  * one time in four its tail from a random position on is replaced by absent
  * keys. exp is the answer the model predicts.
  */
-void bl_synth_query(const struct bl_synth *d, struct kvdex_bench_rng *rng, uint64_t chain,
+void bl_synth_query(const struct kvdex_bench_synth *d, struct kvdex_bench_rng *rng, uint64_t chain,
 		    unsigned L, uint64_t *keys, struct bl_answer *exp);
 
 /* ---- Trace workload (Mooncake JSONL) --------------------------------------------- */

@@ -3,7 +3,7 @@
  * The workloads of kvdex-bench baseline and the model that predicts every
  * answer.
  *
- * Synthetic: the data set of kvdex-bench lookup (same generator, same seed,
+ * Synthetic: the data set of kvdex-bench lookup (perf/bench_gen.c: same seed,
  * same keys and holders), loaded the same way, then a churn of whole-chain
  * moves between workers. Every chain always has exactly H holders that hold
  * all of it, so a window's expected answer is known from the chain alone.
@@ -194,62 +194,6 @@ bl_stream_fini(struct bl_stream *st)
 
 /* ---- Synthetic ------------------------------------------------------------------ */
 
-void
-bl_synth_fini(struct bl_synth *d)
-{
-	free(d->keys);
-	free(d->holders);
-	memset(d, 0, sizeof(*d));
-}
-
-int
-bl_synth_init(struct bl_synth *d, uint64_t blocks, unsigned holders, unsigned workers, unsigned len,
-	      uint64_t seed)
-{
-	struct kvdex_bench_rng rng = {.s = seed};
-	uint32_t *perm;
-
-	memset(d, 0, sizeof(*d));
-	d->len = len;
-	d->h = holders;
-	d->workers = workers;
-	d->nblocks = blocks;
-	d->nfull = blocks / len;
-	d->nchains = (blocks + len - 1) / len;
-	if (d->nfull == 0) {
-		fprintf(stderr, "kvdex-bench: --blocks %" PRIu64 " is less than the chain %u\n",
-			blocks, len);
-		return -EINVAL;
-	}
-	d->keys = malloc(d->nblocks * sizeof(*d->keys));
-	d->holders = malloc(d->nchains * d->h * sizeof(*d->holders));
-	perm = malloc(workers * sizeof(*perm));
-	if (!d->keys || !d->holders || !perm) {
-		free(perm);
-		bl_synth_fini(d);
-		return -ENOMEM;
-	}
-	/* The draws of kvdex-bench lookup, in the same order. */
-	for (uint64_t i = 0; i < d->nblocks; i++) {
-		d->keys[i] = kvdex_bench_rng_next(&rng);
-	}
-	for (unsigned w = 0; w < workers; w++) {
-		perm[w] = w + 1;
-	}
-	for (uint64_t c = 0; c < d->nchains; c++) {
-		for (unsigned j = 0; j < d->h; j++) {
-			unsigned k = j + (unsigned)kvdex_bench_rng_below(&rng, workers - j);
-			uint32_t t = perm[j];
-
-			perm[j] = perm[k];
-			perm[k] = t;
-			d->holders[c * d->h + j] = perm[j];
-		}
-	}
-	free(perm);
-	return 0;
-}
-
 /* Per-worker pending events, emitted as one batch when full. */
 struct synth_pending {
 	uint64_t *key;
@@ -272,7 +216,7 @@ synth_emit(struct bl_stream *st, struct synth_pending *p, uint32_t worker)
 }
 
 static int
-synth_load_chains(const struct bl_synth *d, unsigned batch, struct synth_pending *pend,
+synth_load_chains(const struct kvdex_bench_synth *d, unsigned batch, struct synth_pending *pend,
 		  struct bl_stream *st)
 {
 	for (uint64_t c = 0; c < d->nchains; c++) {
@@ -306,7 +250,7 @@ synth_load_chains(const struct bl_synth *d, unsigned batch, struct synth_pending
 }
 
 int
-bl_synth_load_stream(const struct bl_synth *d, unsigned batch, struct bl_stream *st)
+bl_synth_load_stream(const struct kvdex_bench_synth *d, unsigned batch, struct bl_stream *st)
 {
 	struct synth_pending *pend = calloc(d->workers, sizeof(*pend));
 	int rc = pend ? 0 : -ENOMEM;
@@ -326,7 +270,7 @@ bl_synth_load_stream(const struct bl_synth *d, unsigned batch, struct bl_stream 
 }
 
 static bool
-synth_holds(const struct bl_synth *d, uint64_t c, uint32_t w)
+synth_holds(const struct kvdex_bench_synth *d, uint64_t c, uint32_t w)
 {
 	for (unsigned j = 0; j < d->h; j++) {
 		if (d->holders[c * d->h + j] == w) {
@@ -338,7 +282,7 @@ synth_holds(const struct bl_synth *d, uint64_t c, uint32_t w)
 
 /* Move chain c's holder j to a worker that does not hold it. */
 static int
-synth_move(struct bl_synth *d, struct kvdex_bench_rng *rng, uint64_t c, unsigned j,
+synth_move(struct kvdex_bench_synth *d, struct kvdex_bench_rng *rng, uint64_t c, unsigned j,
 	   struct bl_stream *st)
 {
 	uint32_t from = d->holders[c * d->h + j], to;
@@ -359,8 +303,8 @@ synth_move(struct bl_synth *d, struct kvdex_bench_rng *rng, uint64_t c, unsigned
 }
 
 int
-bl_synth_churn_stream(struct bl_synth *d, uint64_t nevents, uint64_t seed, struct bl_stream *st,
-		      uint64_t **moved, size_t *nmoved)
+bl_synth_churn_stream(struct kvdex_bench_synth *d, uint64_t nevents, uint64_t seed,
+		      struct bl_stream *st, uint64_t **moved, size_t *nmoved)
 {
 	struct kvdex_bench_rng rng = {.s = seed ^ 0x636875726eull};
 	size_t nm = (size_t)((nevents + 2 * d->len - 1) / (2 * d->len));
@@ -391,8 +335,8 @@ bl_synth_churn_stream(struct bl_synth *d, uint64_t nevents, uint64_t seed, struc
 }
 
 void
-bl_synth_query(const struct bl_synth *d, struct kvdex_bench_rng *rng, uint64_t chain, unsigned L,
-	       uint64_t *keys, struct bl_answer *exp)
+bl_synth_query(const struct kvdex_bench_synth *d, struct kvdex_bench_rng *rng, uint64_t chain,
+	       unsigned L, uint64_t *keys, struct bl_answer *exp)
 {
 	uint64_t start = chain * d->len + kvdex_bench_rng_below(rng, d->len - L + 1);
 	unsigned hit = L;

@@ -107,8 +107,10 @@ static const struct option demo_longopts[] = {
 };
 
 static int
-demo_parse_one(int opt, const char *arg, struct demo_opts *o)
+demo_parse_one(int opt, const char *arg, void *opts)
 {
+	struct demo_opts *o = opts;
+
 	switch (opt) {
 	case 'w':
 		return kvdex_bench_parse_u64("--workers", arg, 1, DEMO_MAX_WORKERS, &o->workers);
@@ -133,30 +135,12 @@ demo_parse_one(int opt, const char *arg, struct demo_opts *o)
 static int
 demo_parse(int argc, char **argv, struct demo_opts *o)
 {
-	int opt;
-
 	memset(o, 0, sizeof(*o));
 	o->workers = 8;
 	o->groups = 32;
 	o->requests = 2000;
 	o->seed = 1;
-	/* argv[1] is the subcommand. */
-	optind = 2;
-	while ((opt = getopt_long(argc, argv, "h", demo_longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			demo_usage(stdout);
-			return 1;
-		}
-		if (opt == '?' || demo_parse_one(opt, optarg, o)) {
-			demo_usage(stderr);
-			return -EINVAL;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "kvdex-bench demo: unexpected argument '%s'\n", argv[optind]);
-		return -EINVAL;
-	}
-	return 0;
+	return kvdex_bench_getopt(argc, argv, "demo", demo_longopts, demo_parse_one, demo_usage, o);
 }
 
 /* ---- Workload ---------------------------------------------------------------- */

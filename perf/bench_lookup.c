@@ -71,18 +71,6 @@ struct lookup_opts {
 	const char *csv;
 };
 
-/* The data set. Chain c holds keys [c * len, c * len + len) (the last one may
- * be shorter) and is held by workers holders[c * H .. c * H + H) (ids). */
-struct lookup_data {
-	uint64_t *keys;
-	uint32_t *holders;
-	uint64_t nblocks;
-	uint64_t nchains; /* including a partial last chain */
-	uint64_t nfull;	  /* chains of full length, the ones looked up */
-	unsigned len;	  /* chain length = the longest requested lookup */
-	unsigned h;
-};
-
 /* One (transport, chain length) cell of the results table. */
 struct lookup_cell {
 	const char *transport;
@@ -228,8 +216,9 @@ static const struct option lookup_longopts[] = {
 };
 
 static int
-lookup_parse_one(int opt, const char *arg, struct lookup_opts *o)
+lookup_parse_one(int opt, const char *arg, void *opts)
 {
+	struct lookup_opts *o = opts;
 	uint64_t v;
 	int n;
 
@@ -293,7 +282,7 @@ static int
 lookup_parse(int argc, char **argv, struct lookup_opts *o)
 {
 	static const unsigned default_chains[] = {1, 8, 32, 64};
-	int opt;
+	int rc;
 
 	memset(o, 0, sizeof(*o));
 	o->blocks = 1000000;
@@ -308,21 +297,10 @@ lookup_parse(int argc, char **argv, struct lookup_opts *o)
 	o->transports[1] = KVDEX_TRANSPORT_TCP;
 	o->ntransports = 2;
 
-	/* argv[1] is the subcommand. */
-	optind = 2;
-	while ((opt = getopt_long(argc, argv, "h", lookup_longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			lookup_usage(stdout);
-			return 1;
-		}
-		if (opt == '?' || lookup_parse_one(opt, optarg, o)) {
-			lookup_usage(stderr);
-			return -EINVAL;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "kvdex-bench lookup: unexpected argument '%s'\n", argv[optind]);
-		return -EINVAL;
+	rc = kvdex_bench_getopt(argc, argv, "lookup", lookup_longopts, lookup_parse_one,
+				lookup_usage, o);
+	if (rc) {
+		return rc;
 	}
 	if (o->holders > o->workers) {
 		fprintf(stderr, "kvdex-bench lookup: --holders %u exceeds --workers %u\n",
@@ -343,61 +321,21 @@ lookup_max_chain(const struct lookup_opts *o)
 	return m;
 }
 
-static void
-lookup_data_fini(struct lookup_data *d)
-{
-	free(d->keys);
-	free(d->holders);
-	memset(d, 0, sizeof(*d));
-}
-
-/* Random keys, and H distinct workers per chain (a partial Fisher-Yates
- * shuffle of the worker ids: the array stays a permutation between draws). */
+/* The data set (docs at struct kvdex_bench_synth): 0, -EINVAL (message on
+ * stderr) or -ENOMEM. */
 static int
-lookup_data_init(const struct lookup_opts *o, struct lookup_data *d)
+lookup_data_init(const struct lookup_opts *o, struct kvdex_bench_synth *d)
 {
-	struct kvdex_bench_rng rng = {.s = o->seed};
-	uint32_t *perm;
+	unsigned len = lookup_max_chain(o);
 
-	memset(d, 0, sizeof(*d));
-	d->len = lookup_max_chain(o);
-	d->h = o->holders;
-	d->nblocks = o->blocks;
-	d->nfull = o->blocks / d->len;
-	d->nchains = (o->blocks + d->len - 1) / d->len;
-	if (d->nfull == 0) {
+	if (o->blocks < len) {
 		fprintf(stderr,
 			"kvdex-bench lookup: --blocks %" PRIu64
 			" is less than the longest chain %u\n",
-			o->blocks, d->len);
+			o->blocks, len);
 		return -EINVAL;
 	}
-	d->keys = malloc(d->nblocks * sizeof(*d->keys));
-	d->holders = malloc(d->nchains * d->h * sizeof(*d->holders));
-	perm = malloc(o->workers * sizeof(*perm));
-	if (!d->keys || !d->holders || !perm) {
-		free(perm);
-		lookup_data_fini(d);
-		return -ENOMEM;
-	}
-	for (uint64_t i = 0; i < d->nblocks; i++) {
-		d->keys[i] = kvdex_bench_rng_next(&rng);
-	}
-	for (unsigned w = 0; w < o->workers; w++) {
-		perm[w] = w + 1;
-	}
-	for (uint64_t c = 0; c < d->nchains; c++) {
-		for (unsigned j = 0; j < d->h; j++) {
-			unsigned k = j + (unsigned)kvdex_bench_rng_below(&rng, o->workers - j);
-			uint32_t t = perm[j];
-
-			perm[j] = perm[k];
-			perm[k] = t;
-			d->holders[c * d->h + j] = perm[j];
-		}
-	}
-	free(perm);
-	return 0;
+	return kvdex_bench_synth_init(d, o->blocks, o->holders, o->workers, len, o->seed);
 }
 
 /* ---- Loading --------------------------------------------------------------- */
@@ -479,7 +417,7 @@ lookup_add_event(struct lookup_loader *ld, unsigned w, uint64_t key, uint64_t pa
 }
 
 static int
-lookup_load_chains(struct lookup_loader *ld, const struct lookup_data *d)
+lookup_load_chains(struct lookup_loader *ld, const struct kvdex_bench_synth *d)
 {
 	for (uint64_t c = 0; c < d->nchains; c++) {
 		uint64_t first = c * d->len;
@@ -536,7 +474,7 @@ static const struct kvdex_ns_desc lookup_ns = {
 };
 
 static int
-lookup_load(const struct lookup_opts *o, struct kvdex_client *c, const struct lookup_data *d)
+lookup_load(const struct lookup_opts *o, struct kvdex_client *c, const struct kvdex_bench_synth *d)
 {
 	struct lookup_loader ld = {.c = c, .npubs = o->workers, .batch = o->batch};
 	uint64_t t0, wall;
@@ -593,7 +531,7 @@ out:
 /* ---- Footprint ------------------------------------------------------------- */
 
 static int
-lookup_print_mem(struct kvdex_client *c, const struct lookup_data *d, struct lookup_mem *m)
+lookup_print_mem(struct kvdex_client *c, const struct kvdex_bench_synth *d, struct lookup_mem *m)
 {
 	int rc = kvdex_bench_counters(c, mem_names, m->v, sizeof(mem_names) / sizeof(*mem_names));
 	uint64_t holders = m->v[MEM_HOLDERS];
@@ -630,7 +568,7 @@ lookup_print_mem(struct kvdex_client *c, const struct lookup_data *d, struct loo
 struct lookup_run {
 	struct kvdex_client *c;
 	uint32_t ns;
-	const struct lookup_data *d;
+	const struct kvdex_bench_synth *d;
 	struct kvdex_bench_rng rng;
 	struct kvdex_holding *holdings;
 	uint32_t cap;
@@ -667,7 +605,7 @@ lookup_best_ok(const struct lookup_run *r, uint64_t chain, const struct kvdex_lo
 static int
 lookup_one(struct lookup_run *r, unsigned len, bool timed, struct lookup_cell *cell)
 {
-	const struct lookup_data *d = r->d;
+	const struct kvdex_bench_synth *d = r->d;
 	uint64_t chain = kvdex_bench_rng_below(&r->rng, d->nfull);
 	uint64_t start = chain * d->len + kvdex_bench_rng_below(&r->rng, d->len - len + 1);
 	struct kvdex_lookup_result res = {.holdings = r->holdings, .cap = r->cap};
@@ -1015,7 +953,7 @@ lookup_idle_run(const struct lookup_opts *o, pid_t pid, struct lookup_idle *idle
 
 static int
 lookup_measure(const struct lookup_opts *o, const struct kvdex_bench_server *srv,
-	       const struct lookup_data *d, struct lookup_cell *cells)
+	       const struct kvdex_bench_synth *d, struct lookup_cell *cells)
 {
 	struct lookup_run r = {.d = d, .rng = {.s = o->seed ^ 0x6c6f6f6b7570ull}};
 	struct lookup_idle idle = {0};
@@ -1064,7 +1002,7 @@ lookup_verdict(const struct lookup_cell *cells, unsigned n)
 /* Load, report the footprint, measure. Server lifetime is the caller's. */
 static int
 lookup_body(const struct lookup_opts *o, const struct kvdex_bench_server *srv,
-	    const struct lookup_data *d)
+	    const struct kvdex_bench_synth *d)
 {
 	struct lookup_cell *cells = calloc(o->ntransports * o->nchains, sizeof(*cells));
 	struct kvdex_client *c = NULL;
@@ -1105,7 +1043,7 @@ kvdex_bench_lookup_main(int argc, char **argv)
 {
 	struct kvdex_bench_server srv = {0};
 	struct lookup_opts o;
-	struct lookup_data d;
+	struct kvdex_bench_synth d;
 	char kvdexd[4096];
 	int rc, src;
 
@@ -1129,7 +1067,7 @@ kvdex_bench_lookup_main(int argc, char **argv)
 						      &srv);
 		}
 		if (rc) {
-			lookup_data_fini(&d);
+			kvdex_bench_synth_fini(&d);
 			return KVDEX_BENCH_EXIT_FAIL;
 		}
 		printf("server: %s (pid %d), tcp %s, unix %s\n", kvdexd, (int)srv.pid, srv.tcp_addr,
@@ -1140,6 +1078,6 @@ kvdex_bench_lookup_main(int argc, char **argv)
 	fflush(stdout);
 	rc = lookup_body(&o, &srv, &d);
 	src = kvdex_bench_server_stop(&srv);
-	lookup_data_fini(&d);
+	kvdex_bench_synth_fini(&d);
 	return rc || src ? KVDEX_BENCH_EXIT_FAIL : KVDEX_BENCH_EXIT_OK;
 }

@@ -89,8 +89,10 @@ static const struct option pol_longopts[] = {
 };
 
 static int
-pol_parse_one(int opt, const char *arg, struct pol_opts *o)
+pol_parse_one(int opt, const char *arg, void *opts)
 {
+	struct pol_opts *o = opts;
+
 	switch (opt) {
 	case 'w':
 		return kvdex_bench_parse_u64("--workers", arg, 1, POL_MAX_WORKERS, &o->workers);
@@ -118,8 +120,6 @@ pol_parse_one(int opt, const char *arg, struct pol_opts *o)
 static int
 pol_parse(int argc, char **argv, struct pol_opts *o)
 {
-	int opt;
-
 	memset(o, 0, sizeof(*o));
 	o->workers = 16;
 	o->blocks = 64;
@@ -128,22 +128,7 @@ pol_parse(int argc, char **argv, struct pol_opts *o)
 	o->cache_blocks = 65536;
 	o->requests = 100000;
 	o->seed = 1;
-	optind = 2;
-	while ((opt = getopt_long(argc, argv, "h", pol_longopts, NULL)) != -1) {
-		if (opt == 'h') {
-			pol_usage(stdout);
-			return 1;
-		}
-		if (opt == '?' || pol_parse_one(opt, optarg, o)) {
-			pol_usage(stderr);
-			return -EINVAL;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "kvdex-bench policy: unexpected argument '%s'\n", argv[optind]);
-		return -EINVAL;
-	}
-	return 0;
+	return kvdex_bench_getopt(argc, argv, "policy", pol_longopts, pol_parse_one, pol_usage, o);
 }
 
 /* ---- Eviction --------------------------------------------------------------- */

@@ -19,6 +19,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -285,6 +286,30 @@ kvdex_bench_parse_list(const char *opt, const char *s, unsigned min, unsigned ma
 		return -EINVAL;
 	}
 	return (int)n;
+}
+
+int
+kvdex_bench_getopt(int argc, char **argv, const char *cmd, const struct option *longopts,
+		   kvdex_bench_opt_fn parse_one, kvdex_bench_usage_fn usage, void *opts)
+{
+	int opt;
+
+	optind = 2; /* argv[1] is the subcommand */
+	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		if (opt == 'h') {
+			usage(stdout);
+			return 1;
+		}
+		if (opt == '?' || parse_one(opt, optarg, opts)) {
+			usage(stderr);
+			return -EINVAL;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "kvdex-bench %s: unexpected argument '%s'\n", cmd, argv[optind]);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static int
