@@ -2,7 +2,9 @@
 /*
  * The client: connections to every server of the cluster map, Hello, and the
  * two-sided requests (namespaces, workers, publish, stats). Lookups live in
- * lookup.c.
+ * lookup.c. Routers publish their speculative entries through
+ * kvdex_client_publish() too (route_spec.c), so every request goes through
+ * the helpers below.
  *
  * Connections. A server whose connection failed (reset, timeout, fatal
  * error) is marked disconnected; the next call that needs it reconnects and
@@ -1284,9 +1286,18 @@ kvdex_client_server_restarted(struct kvdex_client *c, unsigned i, uint64_t incar
 
 /* ---- Publish ------------------------------------------------------------------------------ */
 
+struct pub_batch {
+	Kvdex__Publish msg[KVDEX_MAX_SERVERS];
+	Kvdex__Event **ptrs; /* per-server slices */
+	Kvdex__Event *evs;
+	int *owner; /* per event: server index, -1 = all */
+};
+
 struct pub_ctx {
+	const struct pub_batch *b;
 	struct kvdex_publish_result res;
 	unsigned replies, duplicates;
+	size_t delivered; /* events in the batches a server accepted */
 };
 
 static int
@@ -1302,6 +1313,7 @@ pub_reply_fn(struct kvdex_client *c, unsigned i, const struct kvdex_msg *m, void
 	rc = status_err(c, i, r->status);
 	if (rc == 0) {
 		x->replies++;
+		x->delivered += x->b->msg[i].n_events;
 		x->res.applied += r->applied;
 		x->res.ignored += r->ignored;
 		x->duplicates += r->duplicate;
@@ -1361,18 +1373,15 @@ pub_owner(const struct kvdex_client *c, const struct kvdex_event *e)
 	return (int)kvdex_place(c->seeds, c->nsrv, c->ns[e->ns].ns_hash, e->key);
 }
 
-struct pub_batch {
-	Kvdex__Publish msg[KVDEX_MAX_SERVERS];
-	Kvdex__Event **ptrs; /* per-server slices */
-	Kvdex__Event *evs;
-	int *owner; /* per event: server index, -1 = all */
-};
-
-/* Build each server's Publish: its events, in order, plus every ALL_CLEARED. */
+/* Build each server's Publish: its events, in order, plus every ALL_CLEARED.
+ * A speculative-only batch has no place in the worker's stream (no
+ * incarnation, no seq), and an event whose namespace its owner does not know
+ * is left out: a guess that cannot land is not worth failing the others. */
 static int
 pub_build(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr, const struct kvdex_event *ev,
-	  size_t n, struct pub_batch *b)
+	  size_t n, unsigned flags, struct pub_batch *b)
 {
+	bool spec = (flags & KVDEX_PUB_SPECULATIVE_ONLY) != 0;
 	size_t nall = 0, used = 0;
 
 	b->owner = calloc(n != 0 ? n : 1, sizeof(*b->owner));
@@ -1395,8 +1404,9 @@ pub_build(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr, const str
 		kvdex__publish__init(p);
 		p->worker_id = hdr->worker_id;
 		p->dp_rank = hdr->dp_rank;
-		p->incarnation = hdr->incarnation;
-		p->seq = hdr->seq;
+		p->incarnation = spec ? 0 : hdr->incarnation;
+		p->seq = spec ? 0 : hdr->seq;
+		p->speculative_only = spec;
 		p->events = &b->ptrs[used];
 		for (size_t k = 0; k < n; k++) {
 			int o = b->owner[k];
@@ -1409,6 +1419,9 @@ pub_build(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr, const str
 				id = c->ns[ev[k].ns].ids[i];
 			}
 			if (id == KVDEX_NS_NONE) {
+				if (o >= 0 && spec) {
+					continue;
+				}
 				if (o >= 0) {
 					kvdex_client_set_error(c,
 							       "namespace %u unknown on server %s",
@@ -1449,19 +1462,17 @@ pub_check_sizes(struct kvdex_client *c, struct pub_batch *b)
 	return 0;
 }
 
-KVDEX_EXPORT int
-kvdex_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
-	      const struct kvdex_event *ev, size_t n, struct kvdex_publish_result *res)
+int
+kvdex_client_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
+		     const struct kvdex_event *ev, size_t n, unsigned flags,
+		     struct kvdex_publish_result *res)
 {
 	const ProtobufCMessage *msgs[KVDEX_MAX_SERVERS];
 	struct pub_batch b = {.ptrs = NULL, .evs = NULL, .owner = NULL};
+	bool spec = (flags & KVDEX_PUB_SPECULATIVE_ONLY) != 0;
 	struct pub_ctx x;
 	int rc;
 
-	if (c == NULL || hdr == NULL || hdr->worker_id == 0 || (n > 0 && ev == NULL)) {
-		return -EINVAL;
-	}
-	api_begin(c);
 	for (size_t k = 0; k < n; k++) {
 		if (pub_check_event(c, &ev[k]) < 0) {
 			kvdex_client_set_error(c, "event %zu: bad type, tier, namespace or ttl", k);
@@ -1469,13 +1480,18 @@ kvdex_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
 		}
 	}
 	memset(&x, 0, sizeof(x));
-	rc = pub_build(c, hdr, ev, n, &b);
-	if (rc == 0) {
+	x.b = &b;
+	rc = pub_build(c, hdr, ev, n, flags, &b);
+	/* A worker's batch goes everywhere or nowhere; a speculative one is
+	 * best effort per server, so a share too large fails only there
+	 * (srv_send's size check, or the server's TOO_LARGE). */
+	if (rc == 0 && !spec) {
 		rc = pub_check_sizes(c, &b);
 	}
 	if (rc == 0) {
 		for (unsigned i = 0; i < c->nsrv; i++) {
-			msgs[i] = &b.msg[i].base;
+			/* Servers owning none of the guesses get nothing. */
+			msgs[i] = spec && b.msg[i].n_events == 0 ? NULL : &b.msg[i].base;
 		}
 		rc = bcast(c, KVDEX_MSG_PUBLISH, msgs, KVDEX_MSG_PUBLISH_REPLY, pub_reply_fn, &x);
 	}
@@ -1486,5 +1502,19 @@ kvdex_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
 	if (res != NULL) {
 		*res = x.res;
 	}
-	return rc;
+	return rc < 0 ? rc : (int)x.delivered;
+}
+
+KVDEX_EXPORT int
+kvdex_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
+	      const struct kvdex_event *ev, size_t n, struct kvdex_publish_result *res)
+{
+	int rc;
+
+	if (c == NULL || hdr == NULL || hdr->worker_id == 0 || (n > 0 && ev == NULL)) {
+		return -EINVAL;
+	}
+	api_begin(c);
+	rc = kvdex_client_publish(c, hdr, ev, n, 0, res);
+	return rc < 0 ? rc : 0;
 }

@@ -208,6 +208,23 @@ int kvdex_client_ensure_conn(struct kvdex_client *c, unsigned i);
 /* Drop the connection of server i after a transport failure. */
 void kvdex_client_drop_conn(struct kvdex_client *c, unsigned i);
 
+/* kvdex_client_publish() flags. SPECULATIVE_ONLY: a router's guesses, not a
+ * worker's stream (docs/PROTOCOL.md): the batch carries no incarnation or
+ * seq, goes only to the servers owning some of its events, leaves out events
+ * whose namespace their owner does not know, and a share too large for its
+ * server fails there alone instead of the whole batch. */
+#define KVDEX_PUB_SPECULATIVE_ONLY 0x1u
+
+/* kvdex_publish() for the library's own callers: c and hdr must be valid
+ * (the events are still checked) and the last error is not reset. Places
+ * each event on its owner, sends every share, then collects the replies (one
+ * exchange). Returns the number of events in the shares the servers
+ * accepted, or the first error in server order (every server is still
+ * tried); res, if given, sums the replies. */
+int kvdex_client_publish(struct kvdex_client *c, const struct kvdex_publish_hdr *hdr,
+			 const struct kvdex_event *ev, size_t n, unsigned flags,
+			 struct kvdex_publish_result *res);
+
 /* The server's header shows a new incarnation: re-register namespaces and
  * workers there. */
 int kvdex_client_server_restarted(struct kvdex_client *c, unsigned i, uint64_t incarnation);

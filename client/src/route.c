@@ -145,7 +145,6 @@ kvdex_router_destroy(struct kvdex_router *r)
 	free(r->cw2);
 	free(r->tmpc);
 	free(r->hold);
-	free(r->ev);
 	free(r);
 }
 

@@ -86,8 +86,6 @@ struct kvdex_router {
 	/* kvdex_route scratch */
 	struct kvdex_holding *hold;
 	uint32_t caphold;
-	struct kvdex_event *ev;
-	size_t capev;
 };
 
 /* What a policy decided: the chosen candidate and how to rank the rest. */
