@@ -165,32 +165,43 @@ parse_u64(const char *s, uint64_t *v)
 	return 0;
 }
 
+/* Parse "host:port" or "[v6]:port" into host (NUL-terminated, < cap bytes)
+ * and port: 0 or -EINVAL. */
 static int
-set_tcp(struct kvdex_config *cfg, const char *val)
+parse_host_port(const char *val, char *host, size_t cap, uint16_t *port)
 {
 	const char *colon = strrchr(val, ':');
-	const char *host = val;
+	const char *h = val;
+	uint64_t p;
 	size_t hlen;
-	uint64_t port;
 
-	if (strcmp(val, "none") == 0) {
-		cfg->tcp_enabled = false;
-		return 0;
-	}
-	if (colon == NULL || parse_u64(colon + 1, &port) != 0 || port > 65535) {
+	if (colon == NULL || parse_u64(colon + 1, &p) != 0 || p > 65535) {
 		return -EINVAL;
 	}
 	hlen = (size_t)(colon - val);
 	if (hlen >= 2 && val[0] == '[' && val[hlen - 1] == ']') {
-		host++;
+		h++;
 		hlen -= 2;
 	}
-	if (hlen == 0 || hlen >= sizeof(cfg->tcp_host)) {
+	if (hlen == 0 || hlen >= cap) {
 		return -EINVAL;
 	}
-	memcpy(cfg->tcp_host, host, hlen);
-	cfg->tcp_host[hlen] = '\0';
-	cfg->tcp_port = (uint16_t)port;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	*port = (uint16_t)p;
+	return 0;
+}
+
+static int
+set_tcp(struct kvdex_config *cfg, const char *val)
+{
+	if (strcmp(val, "none") == 0) {
+		cfg->tcp_enabled = false;
+		return 0;
+	}
+	if (parse_host_port(val, cfg->tcp_host, sizeof(cfg->tcp_host), &cfg->tcp_port) != 0) {
+		return -EINVAL;
+	}
 	cfg->tcp_enabled = true;
 	return 0;
 }
@@ -198,31 +209,15 @@ set_tcp(struct kvdex_config *cfg, const char *val)
 static int
 set_rdma(struct kvdex_config *cfg, const char *val)
 {
-	const char *colon = strrchr(val, ':');
-	const char *host = val;
-	size_t hlen;
-	uint64_t port;
-
 	if (strcmp(val, "none") == 0 || strcmp(val, "auto") == 0) {
 		cfg->rdma_mode = val[0] == 'n' ? KVDEX_RDMA_NONE : KVDEX_RDMA_AUTO;
 		cfg->rdma_host[0] = '\0';
 		cfg->rdma_port = 0;
 		return 0;
 	}
-	if (colon == NULL || parse_u64(colon + 1, &port) != 0 || port > 65535) {
+	if (parse_host_port(val, cfg->rdma_host, sizeof(cfg->rdma_host), &cfg->rdma_port) != 0) {
 		return -EINVAL;
 	}
-	hlen = (size_t)(colon - val);
-	if (hlen >= 2 && val[0] == '[' && val[hlen - 1] == ']') {
-		host++;
-		hlen -= 2;
-	}
-	if (hlen == 0 || hlen >= sizeof(cfg->rdma_host)) {
-		return -EINVAL;
-	}
-	memcpy(cfg->rdma_host, host, hlen);
-	cfg->rdma_host[hlen] = '\0';
-	cfg->rdma_port = (uint16_t)port;
 	cfg->rdma_mode = KVDEX_RDMA_ADDR;
 	return 0;
 }
