@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "tests/fakes/counter_names.h"
 #include "harness.h"
 
 TestSuite(basic, .init = h_init, .fini = h_cleanup, .timeout = 30);
@@ -525,50 +526,6 @@ BOTH_TRANSPORTS(worker_table_list)
 /* 9. Every counter name the tests and operators rely on is reported. */
 Test(basic, stats_names)
 {
-	static const char *const names[] = {"conns_accepted",
-					    "conns_active",
-					    "conns_rejected",
-					    "frames_rx",
-					    "bad_frames",
-					    "oversize_frames",
-					    "bad_protobuf",
-					    "bad_version",
-					    "bad_auth",
-					    "not_ready",
-					    "disconnect_mid_msg",
-					    "oversize_batches",
-					    "unknown_namespace",
-					    "unknown_worker",
-					    "stale_incarnation",
-					    "malformed_requests",
-					    "publish_batches",
-					    "events_applied",
-					    "events_ignored",
-					    "seq_gaps",
-					    "seq_duplicates",
-					    "publisher_restarts",
-					    "clears",
-					    "index_full",
-					    "blocks",
-					    "records",
-					    "holders",
-					    "home_buckets",
-					    "overflow_buckets",
-					    "overflow_buckets_used",
-					    "table_bytes",
-					    "region_bytes",
-					    "resizes",
-					    "tcp_read_batches",
-					    "tcp_read_ops",
-					    "tcp_read_bytes",
-					    "bad_reads",
-					    "spec_expired",
-					    "swept_holders",
-					    "namespaces",
-					    "workers",
-					    "slots_used",
-					    "worker_loads",
-					    "uptime_s"};
 	struct h_server s;
 	struct kvdex_client *c;
 	struct h_stats st;
@@ -576,8 +533,8 @@ Test(basic, stats_names)
 	h_server_start(&s, NULL);
 	c = h_client1(&s, KVDEX_TRANSPORT_TCP);
 	h_stats_get(c, 0, &st);
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		h_stat(&st, names[i]);
+	for (size_t i = 0; i < KVDEX_TEST_NCOUNTER_NAMES; i++) {
+		h_stat(&st, kvdex_test_counter_names[i]);
 	}
 	cr_assert(ge(u64, h_stat(&st, "conns_active"), 1));
 	cr_assert(ge(u64, h_stat(&st, "conns_accepted"), 1));

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <urcu.h>
 
+#include "tests/fakes/counter_names.h"
 #include "common/frame.h"
 #include "kvdex.pb-c.h"
 #include "reader.h"
@@ -656,57 +657,11 @@ Test(writer, load_and_list)
 /* 11. Stats lists every documented counter, by its exact name. */
 Test(writer, stats_names)
 {
-	static const char *const names[] = {
-		"conns_accepted",
-		"conns_active",
-		"conns_rejected",
-		"frames_rx",
-		"bad_frames",
-		"oversize_frames",
-		"bad_protobuf",
-		"bad_version",
-		"bad_auth",
-		"not_ready",
-		"disconnect_mid_msg",
-		"oversize_batches",
-		"unknown_namespace",
-		"unknown_worker",
-		"stale_incarnation",
-		"malformed_requests",
-		"publish_batches",
-		"events_applied",
-		"events_ignored",
-		"seq_gaps",
-		"seq_duplicates",
-		"publisher_restarts",
-		"clears",
-		"index_full",
-		"blocks",
-		"records",
-		"holders",
-		"home_buckets",
-		"overflow_buckets",
-		"overflow_buckets_used",
-		"table_bytes",
-		"region_bytes",
-		"resizes",
-		"tcp_read_batches",
-		"tcp_read_ops",
-		"tcp_read_bytes",
-		"bad_reads",
-		"spec_expired",
-		"swept_holders",
-		"namespaces",
-		"workers",
-		"slots_used",
-		"worker_loads",
-		"uptime_s",
-	};
 	uint32_t flags;
 
 	kvdex__hello_reply__free_unpacked(hello_ok(conn, "", false, &flags), NULL);
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		(void)counter(names[i]);
+	for (size_t i = 0; i < KVDEX_TEST_NCOUNTER_NAMES; i++) {
+		(void)counter(kvdex_test_counter_names[i]);
 	}
 	cr_assert(eq(u64, counter("home_buckets"), 256));
 	cr_assert(eq(u64, counter("table_bytes"), (256 + 32) * 256));
