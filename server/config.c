@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/layout.h"
 #include "common/log.h"
 
 #ifndef KVDEX_VERSION
@@ -126,7 +127,7 @@ kvdex_config_defaults(struct kvdex_config *cfg)
 	cfg->unix_enabled = true;
 	cfg->cluster_epoch = 1;
 	cfg->capacity_blocks = 1048576;
-	cfg->bucket_size = 512;
+	cfg->bucket_size = KVDEX_BUCKET_SIZE_DEFAULT;
 	cfg->max_region_mb = 4096;
 	cfg->max_workers = 4096;
 	cfg->max_namespaces = 1024;
