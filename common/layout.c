@@ -32,11 +32,16 @@ kvdex_key_hash(uint16_t ns, uint64_t key, uint64_t seed)
 	uint8_t buf[10];
 
 	/* Fixed little-endian encoding so every host maps a key alike. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	memcpy(buf, &key, sizeof(key));
+	memcpy(buf + 8, &ns, sizeof(ns));
+#else
 	for (int i = 0; i < 8; i++) {
 		buf[i] = (uint8_t)(key >> (8 * i));
 	}
 	buf[8] = (uint8_t)ns;
 	buf[9] = (uint8_t)(ns >> 8);
+#endif
 	return XXH3_64bits_withSeed(buf, sizeof(buf), seed);
 }
 
@@ -118,12 +123,31 @@ kvdex_hdr_check(const struct kvdex_region_hdr *hdr)
 	return 0;
 }
 
+size_t
+kvdex_bucket_sealed_len(const void *img, uint32_t bucket_size)
+{
+	uint16_t used;
+
+	memcpy(&used, (const uint8_t *)img + offsetof(struct kvdex_bucket_hdr, used), sizeof(used));
+	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
+		return bucket_size;
+	}
+	return KVDEX_BUCKET_HDR_SIZE + (size_t)used;
+}
+
+void
+kvdex_bucket_seal(void *img, uint32_t bucket_size, uint64_t seed, uint64_t off)
+{
+	kvdex_block_seal(img, kvdex_bucket_sealed_len(img, bucket_size), seed, off);
+}
+
 enum kvdex_bucket_check
 kvdex_bucket_check(const void *img, const struct kvdex_geometry *g, uint64_t off)
 {
 	struct kvdex_bucket_hdr bh;
 
-	if (!kvdex_block_valid(img, g->bucket_size, g->hash_seed, off)) {
+	if (!kvdex_block_valid(img, kvdex_bucket_sealed_len(img, g->bucket_size), g->hash_seed,
+			       off)) {
 		return KVDEX_BUCKET_TORN;
 	}
 	memcpy(&bh, img, sizeof(bh));
@@ -144,45 +168,6 @@ kvdex_record_max_holders(uint32_t bucket_size)
 	size_t n = room / KVDEX_HOLDER_SIZE;
 
 	return n > UINT8_MAX ? UINT8_MAX : (unsigned)n;
-}
-
-int
-kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
-		  struct kvdex_record_view *rec)
-{
-	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE;
-	uint16_t used;
-	size_t size;
-
-	/* Only `used` matters here; this runs once per record of every bucket a
-	 * lookup reads, so it does not copy the whole header. */
-	memcpy(&used, (const uint8_t *)bucket_img + offsetof(struct kvdex_bucket_hdr, used),
-	       sizeof(used));
-	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
-		return -EPROTO;
-	}
-	if (*pos >= used) {
-		return 0;
-	}
-	if (used - *pos < KVDEX_RECORD_HDR_SIZE) {
-		return -EPROTO;
-	}
-	memcpy(&rec->hdr, area + *pos, sizeof(rec->hdr));
-	if (rec->hdr.nholders == 0 || rec->hdr.nlocs > rec->hdr.nholders) {
-		return -EPROTO;
-	}
-	size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
-	if (size > used - *pos) {
-		return -EPROTO;
-	}
-	/* Records start 8-byte aligned within an aligned image, so the views
-	 * below are properly aligned for their types. */
-	rec->holders = (const struct kvdex_holder *)(area + *pos + KVDEX_RECORD_HDR_SIZE);
-	rec->locs = (const struct kvdex_loc *)(area + *pos + size -
-					       (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
-	rec->size = size;
-	*pos += size;
-	return 1;
 }
 
 int

@@ -29,15 +29,17 @@
 #define KVDEX_COMMON_LAYOUT_H
 
 #include <assert.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define KVDEX_LAYOUT_VERSION 1u
+#define KVDEX_LAYOUT_VERSION 2u
 #define KVDEX_REGION_MAGIC 0x5844564bu /* "KVDX" */
 #define KVDEX_CACHE_LINE 64u
 
@@ -278,6 +280,17 @@ enum kvdex_bucket_check {
 enum kvdex_bucket_check kvdex_bucket_check(const void *img, const struct kvdex_geometry *g,
 					   uint64_t off);
 
+/*
+ * A bucket's checksum covers its header and the `used` bytes of its record
+ * area only: a reader validates (and a shm reader copies) what is in use, not
+ * the whole bucket, and never interprets the bytes past `used`. The length is
+ * taken from the image's own `used`, which the checksum covers, so a torn
+ * `used` only makes the image fail validation. An image whose `used` is out of
+ * range is checked over the whole bucket (it can then only be torn or corrupt).
+ */
+size_t kvdex_bucket_sealed_len(const void *img, uint32_t bucket_size);
+void kvdex_bucket_seal(void *img, uint32_t bucket_size, uint64_t seed, uint64_t off);
+
 /* ---- Records -------------------------------------------------------------- */
 
 /* Size in bytes of a record with the given counts. */
@@ -304,9 +317,47 @@ struct kvdex_record_view {
  * Iterate over the records of a validated bucket image. `*pos` starts at 0.
  * Returns 1 with *rec filled, 0 at the end, -EPROTO if the image is malformed
  * (a record runs past `used`, counts out of range).
+ *
+ * Inline: a lookup runs it for every record of every bucket it reads.
  */
-int kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
-		      struct kvdex_record_view *rec);
+static inline int
+kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
+		  struct kvdex_record_view *rec)
+{
+	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE;
+	uint16_t used;
+	size_t size;
+
+	/* Only `used` matters here; this runs once per record of every bucket a
+	 * lookup reads, so it does not copy the whole header. */
+	memcpy(&used, (const uint8_t *)bucket_img + offsetof(struct kvdex_bucket_hdr, used),
+	       sizeof(used));
+	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
+		return -EPROTO;
+	}
+	if (*pos >= used) {
+		return 0;
+	}
+	if (used - *pos < KVDEX_RECORD_HDR_SIZE) {
+		return -EPROTO;
+	}
+	memcpy(&rec->hdr, area + *pos, sizeof(rec->hdr));
+	if (rec->hdr.nholders == 0 || rec->hdr.nlocs > rec->hdr.nholders) {
+		return -EPROTO;
+	}
+	size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
+	if (size > used - *pos) {
+		return -EPROTO;
+	}
+	/* Records start 8-byte aligned within an aligned image, so the views
+	 * below are properly aligned for their types. */
+	rec->holders = (const struct kvdex_holder *)(area + *pos + KVDEX_RECORD_HDR_SIZE);
+	rec->locs = (const struct kvdex_loc *)(area + *pos + size -
+					       (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
+	rec->size = size;
+	*pos += size;
+	return 1;
+}
 
 /* Is this holder visible at `now_ticks` given its slot's current epoch? */
 static inline bool

@@ -718,7 +718,7 @@ chain_write(struct kvdex_index *ix, struct ix_table *t, struct ix_chain *c)
 		};
 
 		memcpy(img, &bh, sizeof(bh));
-		kvdex_block_seal(img, bs, t->g.hash_seed, off);
+		kvdex_bucket_seal(img, bs, t->g.hash_seed, off);
 		/* Overflow buckets first (b descending), the home bucket last. */
 		memcpy(bucket_at(ix, off), img, bs);
 	}
@@ -1524,7 +1524,7 @@ write_empty_home(struct kvdex_index *ix, const struct ix_table *t, uint32_t home
 
 	memset(img, 0, bs);
 	memcpy(img, &bh, sizeof(bh));
-	kvdex_block_seal(img, bs, t->g.hash_seed, off);
+	kvdex_bucket_seal(img, bs, t->g.hash_seed, off);
 	memcpy(bucket_at(ix, off), img, bs);
 }
 
@@ -1649,7 +1649,7 @@ resize_retire(struct kvdex_index *ix, const struct ix_table *ot)
 			hdr_get(img, &bh);
 			bh.flags |= KVDEX_BUCKET_RETIRED;
 			memcpy(img, &bh, sizeof(bh));
-			kvdex_block_seal(img, bs, ot->g.hash_seed, off);
+			kvdex_bucket_seal(img, bs, ot->g.hash_seed, off);
 			memcpy(bucket_at(ix, off), img, bs);
 			if (bh.next == 0 || bh.next > ot->g.overflow_count ||
 			    ++guard > ot->g.overflow_count) {

@@ -416,6 +416,7 @@ rows_plan(struct kvdex_server *s, const uint8_t *need, uint32_t hwm, struct kvde
 		ops[nops].len = (r - start) * KVDEX_ROW_SIZE;
 		ops[nops].buf = &s->rows[start];
 		ops[nops].status = 0;
+		ops[nops].flags = 0;
 		nops++;
 	}
 	return nops;
@@ -528,6 +529,7 @@ rows_plan_fresh(struct kvdex_server *s, struct kvdex_read_op *ops, unsigned max,
 		ops[n].len = cnt * KVDEX_ROW_SIZE;
 		ops[n].buf = &s->rows[r];
 		ops[n].status = 0;
+		ops[n].flags = 0;
 	}
 	*covered = r < hwm ? r : hwm;
 	return (int)n;
@@ -794,6 +796,7 @@ lk_plan_hdr(struct kvdex_lookup_scratch *lk, unsigned base)
 	lk->op_chain[base] = LK_OP_HDR;
 	lk->ops[base].off = 0;
 	lk->ops[base].len = KVDEX_HDR_SIZE;
+	lk->ops[base].flags = 0;
 	return 0;
 }
 
@@ -860,6 +863,7 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 						? kvdex_home_offset(g, ch->home)
 						: kvdex_overflow_offset(g, ch->next - 1);
 		lk->ops[base + n].len = g->bucket_size;
+		lk->ops[base + n].flags = KVDEX_READ_BUCKET;
 		n++;
 	}
 	if (lk->rows_want[s] && lk->srv_used[s]) {

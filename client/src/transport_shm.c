@@ -149,7 +149,7 @@ shm_peer_gone(struct shm_conn *sc)
 }
 
 /* How many ops ahead of the copy their cache lines are prefetched. */
-#define SHM_PREFETCH_OPS 8u
+#define SHM_PREFETCH_OPS 16u
 
 static void
 shm_prefetch(const struct shm_conn *sc, const struct kvdex_read_op *op)
@@ -159,13 +159,34 @@ shm_prefetch(const struct shm_conn *sc, const struct kvdex_read_op *op)
 	if (op->off + op->len > sc->safe || op->off + op->len < op->off) {
 		return;
 	}
-	/* The first two lines start the miss; the hardware's streamer brings
-	 * the rest once the copy walks the bucket. Prefetching every line
-	 * stalls on the line-fill buffers instead. */
-	for (uint32_t off = 0; off < op->len && off < 2 * KVDEX_CACHE_LINE;
-	     off += KVDEX_CACHE_LINE) {
-		__builtin_prefetch(sc->map + op->off + off);
+	/* The first line starts the miss: it holds the header, whose `used`
+	 * says how much more a bucket copy needs, and the streamer brings the
+	 * next lines once the copy walks on. Prefetching more lines per op
+	 * only stalls on the line-fill buffers. */
+	__builtin_prefetch(sc->map + op->off);
+}
+
+/* Copy one op out of the mapping. A bucket is copied only as far as its
+ * sealed length says (header and used records): the first line is copied,
+ * its `used` read from the copy, then the rest. A torn `used` makes a torn
+ * image, which validation rejects like any other. */
+static void
+shm_copy(const struct shm_conn *sc, const struct kvdex_read_op *op)
+{
+	const uint8_t *src = sc->map + op->off;
+	size_t len = op->len;
+
+	if ((op->flags & KVDEX_READ_BUCKET) && len > KVDEX_CACHE_LINE) {
+		memcpy(op->buf, src, KVDEX_CACHE_LINE);
+		len = kvdex_bucket_sealed_len(op->buf, op->len);
+		if (len <= KVDEX_CACHE_LINE) {
+			return;
+		}
+		memcpy((uint8_t *)op->buf + KVDEX_CACHE_LINE, src + KVDEX_CACHE_LINE,
+		       len - KVDEX_CACHE_LINE);
+		return;
 	}
+	memcpy(op->buf, src, len);
 }
 
 static int
@@ -193,7 +214,7 @@ shm_post_reads(struct kvdex_conn *conn, struct kvdex_read_op *ops, unsigned n)
 			ops[i].status = -ERANGE;
 			continue;
 		}
-		memcpy(ops[i].buf, sc->map + ops[i].off, ops[i].len);
+		shm_copy(sc, &ops[i]);
 		ops[i].status = 0;
 	}
 	return 0;

@@ -241,7 +241,7 @@ Test(lookup, stale_generation_after_resize)
 		og.table_gen = 1;
 		tr_build_bucket(R.mem + kvdex_home_offset(&og, i), 256, 1, i, 1, 0,
 				KVDEX_BUCKET_HOME | KVDEX_BUCKET_RETIRED, NULL, 0);
-		kvdex_block_seal(R.mem + kvdex_home_offset(&og, i), 256, R.geo.hash_seed,
+		kvdex_bucket_seal(R.mem + kvdex_home_offset(&og, i), 256, R.geo.hash_seed,
 				 kvdex_home_offset(&og, i));
 	}
 	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
@@ -353,7 +353,7 @@ Test(lookup, overflow_filter_decides_absent_keys)
 	cr_assert(eq(u32, res.nholdings_total, 0));
 	/* with the bit: the overflow bucket is read and the key found there */
 	((struct kvdex_bucket_hdr *)(R.mem + off))->ovf_filter = bit;
-	kvdex_block_seal(R.mem + off, R.geo.bucket_size, R.geo.hash_seed, off);
+	kvdex_bucket_seal(R.mem + off, R.geo.bucket_size, R.geo.hash_seed, off);
 	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
 	cr_assert(eq(u32, res.round_trips, 2));
 	cr_assert(eq(u32, res.nholdings_total, 1));

@@ -76,7 +76,7 @@ tr_put_bucket(struct tr_region *r, uint64_t off, uint32_t owner, uint32_t chain_
 {
 	tr_build_bucket(r->mem + off, r->geo.bucket_size, r->geo.table_gen, owner, chain_seq, next,
 			flags, recs, n);
-	kvdex_block_seal(r->mem + off, r->geo.bucket_size, r->geo.hash_seed, off);
+	kvdex_bucket_seal(r->mem + off, r->geo.bucket_size, r->geo.hash_seed, off);
 }
 
 void
@@ -189,8 +189,10 @@ fake_post(struct kvdex_conn *conn, struct kvdex_read_op *ops, unsigned n)
 		memcpy(ops[i].buf, fc->r->mem + ops[i].off, ops[i].len);
 		ops[i].status = 0;
 		if (fc->torn_left > 0 && ops[i].off == fc->torn_off) {
-			/* A read that overlapped a write: one byte of another image. */
-			((uint8_t *)ops[i].buf)[ops[i].len / 2] ^= 0x5a;
+			/* A read that overlapped a write: one byte of another image,
+			 * in the part every block seals (a bucket seals only its
+			 * header and used records). */
+			((uint8_t *)ops[i].buf)[KVDEX_BUCKET_HDR_SIZE / 2] ^= 0x5a;
 			fc->torn_left--;
 		}
 	}

@@ -126,7 +126,7 @@ build_image(uint8_t *img, unsigned b, uint64_t iter)
 		}
 		tb_add_record(img, BUCKET_SIZE, (iter << 8) | r, (uint16_t)b, 0, h, nh, NULL, 0);
 	}
-	kvdex_block_seal(img, BUCKET_SIZE, SEED, kvdex_home_offset(&g, b));
+	kvdex_bucket_seal(img, BUCKET_SIZE, SEED, kvdex_home_offset(&g, b));
 }
 
 /* Copy an image in, one word at a time with a pause between words, in the
