@@ -32,6 +32,50 @@
 #include <stdio.h>
 #include <string.h>
 
+/* ---- Reasons ---------------------------------------------------------------------- */
+
+#define FX_LEN 32
+
+/*
+ * x with `dec` (0..3) decimals, rounded, into buf (FX_LEN bytes), as "%.*f"
+ * would print it. printf's floating-point path costs as much as a policy's
+ * whole arithmetic, and every decision formats its reason; integers are cheap.
+ */
+static const char *
+fx(char *buf, double x, unsigned dec)
+{
+	static const uint64_t pow10[] = {1, 10, 100, 1000};
+	char tmp[FX_LEN];
+	uint64_t v, ip, fp;
+	size_t n = 0, o = 0;
+
+	if (dec > 3 || !isfinite(x) || fabs(x) >= 1e15) {
+		snprintf(buf, FX_LEN, "%.*f", (int)(dec > 3 ? 3 : dec), x);
+		return buf;
+	}
+	v = (uint64_t)llround(fabs(x) * (double)pow10[dec]);
+	ip = v / pow10[dec];
+	fp = v % pow10[dec];
+	for (unsigned d = 0; d < dec; d++, fp /= 10) {
+		tmp[n++] = (char)('0' + fp % 10);
+	}
+	if (dec > 0) {
+		tmp[n++] = '.';
+	}
+	do {
+		tmp[n++] = (char)('0' + ip % 10);
+		ip /= 10;
+	} while (ip > 0);
+	if (x < 0 && v != 0) {
+		buf[o++] = '-';
+	}
+	while (n > 0) {
+		buf[o++] = tmp[--n];
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
 /* ---- random, round robin, least load ------------------------------------------ */
 
 static void
@@ -75,7 +119,9 @@ pol_least_load(struct kvdex_router *r, const struct kvdex_route_req *q, struct k
 			v->best = i;
 		}
 	}
-	snprintf(reason, rlen, "least_load: %.0f queued+running", c[v->best].score);
+	char f0[FX_LEN];
+
+	snprintf(reason, rlen, "least_load: %s queued+running", fx(f0, c[v->best].score, 0));
 }
 
 /* ---- SGLang 0.4.6 cache_aware ------------------------------------------------------ */
@@ -84,6 +130,7 @@ static void
 pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	   size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
+	char f0[FX_LEN], f1[FX_LEN];
 	const struct kvdex_route_sglang_opts *o = &r->o.sglang;
 	uint32_t mx = 0, mn = UINT32_MAX;
 	size_t deep = 0;
@@ -115,8 +162,8 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			c[i].score = c[i].matched;
 		}
 		v->best = deep;
-		snprintf(reason, rlen, "sglang: match %u/%u tokens > %.2f", view.matched_tokens,
-			 view.tokens, o->cache_threshold);
+		snprintf(reason, rlen, "sglang: match %u/%u tokens > %s", view.matched_tokens,
+			 view.tokens, fx(f0, o->cache_threshold, 2));
 		return;
 	}
 	/* Low match: the tenant with the smallest tree. */
@@ -125,8 +172,9 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 		c[i].score = (double)kvdex_route_worker(r, i)->sgl_tree_blocks;
 		v->best = c[i].score < c[v->best].score ? i : v->best;
 	}
-	snprintf(reason, rlen, "sglang: match %u/%u tokens <= %.2f, smallest tree (%.0f blocks)",
-		 view.matched_tokens, view.tokens, o->cache_threshold, c[v->best].score);
+	snprintf(reason, rlen, "sglang: match %u/%u tokens <= %s, smallest tree (%s blocks)",
+		 view.matched_tokens, view.tokens, fx(f0, o->cache_threshold, 2),
+		 fx(f1, c[v->best].score, 0));
 }
 
 /* ---- Dynamo ----------------------------------------------------------------------------- */
@@ -164,6 +212,7 @@ static void
 pol_dynamo(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	   size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
+	char f0[FX_LEN], f1[FX_LEN], f2[FX_LEN];
 	const struct kvdex_route_dynamo_opts *o = &r->o.dynamo;
 	double mn = INFINITY, mx = -INFINITY, prompt;
 	struct route_view view;
@@ -191,9 +240,9 @@ pol_dynamo(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			}
 		}
 	}
-	snprintf(reason, rlen, "dynamo: cost %.2f blocks (credit %.2f, decode %.0f)",
-		 c[v->best].score, dyn_credit(o, &c[v->best]),
-		 kvdex_route_worker(r, v->best)->dyn_decode + q->nblocks);
+	snprintf(reason, rlen, "dynamo: cost %s blocks (credit %s, decode %s)",
+		 fx(f0, c[v->best].score, 2), fx(f1, dyn_credit(o, &c[v->best]), 2),
+		 fx(f2, kvdex_route_worker(r, v->best)->dyn_decode + q->nblocks, 0));
 }
 
 /* ---- llm-d -------------------------------------------------------------------------------- */
@@ -215,6 +264,7 @@ static void
 pol_llmd(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	 size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
+	char f0[FX_LEN], f1[FX_LEN];
 	const struct kvdex_route_llmd_opts *o = &r->o.llmd;
 	double pmin = INFINITY, pmax = 0.0, best = -INFINITY;
 	uint32_t qmin = UINT32_MAX, qmax = 0;
@@ -249,8 +299,8 @@ pol_llmd(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	snprintf(reason, rlen, "llmd: score %.3f (prefix %.1f weighted blocks)", best,
-		 llmd_prefix(o, &c[v->best]));
+	snprintf(reason, rlen, "llmd: score %s (prefix %s weighted blocks)", fx(f0, best, 3),
+		 fx(f1, llmd_prefix(o, &c[v->best]), 1));
 }
 
 /* ---- LBGR ------------------------------------------------------------------------------------ */
@@ -296,6 +346,7 @@ static void
 pol_lbgr(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	 size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
+	char f0[FX_LEN], f1[FX_LEN], f2[FX_LEN];
 	const struct kvdex_route_lbgr_opts *o = &r->o.lbgr;
 
 	v->higher_better = false;
@@ -310,10 +361,10 @@ pol_lbgr(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	snprintf(reason, rlen, "lbgr: pred %.1f (uncached %.0f, load %llu, theta %.1f)",
-		 c[v->best].score, lbgr_base(r, q, &c[v->best]),
+	snprintf(reason, rlen, "lbgr: pred %s (uncached %s, load %llu, theta %s)",
+		 fx(f0, c[v->best].score, 1), fx(f1, lbgr_base(r, q, &c[v->best]), 0),
 		 (unsigned long long)kvdex_route_worker(r, v->best)->lbgr_load,
-		 kvdex_route_worker(r, v->best)->lbgr_theta);
+		 fx(f2, kvdex_route_worker(r, v->best)->lbgr_theta, 1));
 }
 
 /* ---- kvdex --------------------------------------------------------------------------------------
@@ -417,6 +468,7 @@ static void
 pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	  size_t n, struct route_verdict *v, char *reason, size_t rlen)
 {
+	char f[7][FX_LEN];
 	struct kvdex_ttft t, bt = {0};
 	double mw = kvdex_miss_weight(r, c, n);
 
@@ -431,10 +483,11 @@ pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_
 			bt = t;
 		}
 	}
-	snprintf(reason, rlen,
-		 "kvdex: ttft %.2f ms = queue %.2f + prefill %.2f + fetch %.2f + spec %.2f + "
-		 "penalty %.1f - affinity %.2f",
-		 bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty, bt.affinity);
+	snprintf(reason, rlen, "kvdex: ttft %s ms = queue %s + prefill %s + fetch %s + spec %s + "
+		 "penalty %s - affinity %s",
+		 fx(f[0], bt.total, 2), fx(f[1], bt.queue, 2), fx(f[2], bt.prefill, 2),
+		 fx(f[3], bt.fetch, 2), fx(f[4], bt.spec, 2), fx(f[5], bt.penalty, 1),
+		 fx(f[6], bt.affinity, 2));
 }
 
 const route_policy_fn kvdex_route_policies[KVDEX_ROUTE_NPOLICIES] = {

@@ -49,15 +49,16 @@ int kvdex_endpoint_parse(const char *s, struct kvdex_endpoint *ep);
 int kvdex_host_is_local(const char *host);
 
 /* kvdex_read_op.flags */
-#define KVDEX_READ_BUCKET 0x1u /* a bucket image: a transport that copies (shm) may
-				* stop after its sealed length (kvdex_bucket_sealed_len) */
+#define KVDEX_READ_BUCKET                                                                          \
+	0x1u /* a bucket image: a transport that copies (shm) may                                  \
+	      * stop after its sealed length (kvdex_bucket_sealed_len) */
 
 /* One read of a batch. The transport fills `status` (0 or -errno). */
 struct kvdex_read_op {
 	uint64_t off;
 	uint32_t len;
 	int32_t status;
-	void *buf; /* len bytes, 64-byte aligned */
+	void *buf;	/* len bytes, 64-byte aligned */
 	uint32_t flags; /* KVDEX_READ_* */
 };
 
