@@ -48,10 +48,10 @@ int kvdex_endpoint_parse(const char *s, struct kvdex_endpoint *ep);
  * interface): auto transport may switch such a server to shm. */
 int kvdex_host_is_local(const char *host);
 
-/* kvdex_read_op.flags */
-#define KVDEX_READ_BUCKET                                                                          \
-	0x1u /* a bucket image: a transport that copies (shm) may                                  \
-	      * stop after its sealed length (kvdex_bucket_sealed_len) */
+/* kvdex_read_op.flags. KVDEX_READ_BUCKET: the op reads a bucket image, and a
+ * transport that copies (shm) may stop after its sealed length
+ * (kvdex_bucket_sealed_len). */
+#define KVDEX_READ_BUCKET 0x1u
 
 /* One read of a batch. The transport fills `status` (0 or -errno). */
 struct kvdex_read_op {
