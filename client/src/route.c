@@ -399,7 +399,6 @@ kvdex_router_decide(struct kvdex_router *r, const struct kvdex_route_req *q,
 {
 	struct route_verdict v = {0, false};
 	struct route_ticket *tk;
-	char reason[sizeof(d->reason)];
 	int rc;
 
 	if (r == NULL || q == NULL || cand == NULL || n == 0 || d == NULL || q->block_size == 0 ||
@@ -413,17 +412,16 @@ kvdex_router_decide(struct kvdex_router *r, const struct kvdex_route_req *q,
 	if (rc < 0) {
 		return rc;
 	}
-	reason[0] = '\0';
-	kvdex_route_policies[r->o.policy](r, q, cand, n, &v, reason, sizeof(reason));
+	memset(d, 0, sizeof(*d));
+	d->why.policy = (uint8_t)r->o.policy;
+	kvdex_route_policies[r->o.policy](r, q, cand, n, &v, &d->why);
 	route_rank(r, cand, n, &v);
 	tk = route_ticket_take(r, q->now_ms);
 	tk->widx = r->cw[0];
 	kvdex_route_commit(r, q, &cand[0], &r->w[r->cw[0]], tk);
-	memset(d, 0, sizeof(*d));
 	d->worker_id = cand[0].worker_id;
 	d->dp_rank = cand[0].dp_rank;
 	d->ticket = tk->ticket;
-	memcpy(d->reason, reason, sizeof(reason));
 	return 0;
 }
 

@@ -103,7 +103,7 @@ struct route_view {
 
 typedef void (*route_policy_fn)(struct kvdex_router *r, const struct kvdex_route_req *q,
 				struct kvdex_route_cand *c, size_t n, struct route_verdict *v,
-				char *reason, size_t rlen);
+				struct kvdex_route_why *why);
 
 /* route.c */
 uint64_t kvdex_route_rng_next(struct kvdex_router *r);

@@ -28,59 +28,89 @@
  */
 #include "client/src/route_internal.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 /* ---- Reasons ---------------------------------------------------------------------- */
 
-#define FX_LEN 32
+/* sglang's rules (kvdex_route_why.variant). */
+enum { SGL_IMBALANCE = 0, SGL_MATCH = 1, SGL_SMALLEST_TREE = 2 };
 
-/*
- * x with `dec` (0..3) decimals, rounded, into buf (FX_LEN bytes), as "%.*f"
- * would print it. printf's floating-point path costs as much as a policy's
- * whole arithmetic, and every decision formats its reason; integers are cheap.
- */
-static const char *
-fx(char *buf, double x, unsigned dec)
+/* Record the figures behind a decision: a few stores. The text is rendered
+ * only when asked for (kvdex_route_reason): formatting floating-point figures
+ * on every decision cost as much as the policy itself. */
+static void
+why_set(struct kvdex_route_why *why, unsigned variant, unsigned n, ...)
 {
-	static const uint64_t pow10[] = {1, 10, 100, 1000};
-	char tmp[FX_LEN];
-	uint64_t v, ip, fp;
-	size_t n = 0, o = 0;
+	va_list ap;
 
-	if (dec > 3 || !isfinite(x) || fabs(x) >= 1e15) {
-		snprintf(buf, FX_LEN, "%.*f", (int)(dec > 3 ? 3 : dec), x);
-		return buf;
+	why->variant = (uint8_t)variant;
+	why->nvals = (uint16_t)n;
+	va_start(ap, n);
+	for (unsigned i = 0; i < n && i < KVDEX_ROUTE_WHY_VALS; i++) {
+		why->v[i] = va_arg(ap, double);
 	}
-	v = (uint64_t)llround(fabs(x) * (double)pow10[dec]);
-	ip = v / pow10[dec];
-	fp = v % pow10[dec];
-	for (unsigned d = 0; d < dec; d++, fp /= 10) {
-		tmp[n++] = (char)('0' + fp % 10);
+	va_end(ap);
+}
+
+KVDEX_EXPORT int
+kvdex_route_reason(const struct kvdex_route_decision *d, char *buf, size_t len)
+{
+	const struct kvdex_route_why *w;
+	const double *v;
+
+	if (d == NULL || (buf == NULL && len > 0)) {
+		return -EINVAL;
 	}
-	if (dec > 0) {
-		tmp[n++] = '.';
+	w = &d->why;
+	v = w->v;
+	switch (w->policy) {
+	case KVDEX_ROUTE_RANDOM:
+		return snprintf(buf, len, "random: %.0f of %.0f", v[0], v[1]);
+	case KVDEX_ROUTE_ROUND_ROBIN:
+		return snprintf(buf, len, "round_robin: %.0f of %.0f", v[0], v[1]);
+	case KVDEX_ROUTE_LEAST_LOAD:
+		return snprintf(buf, len, "least_load: %.0f queued+running", v[0]);
+	case KVDEX_ROUTE_SGLANG:
+		if (w->variant == SGL_IMBALANCE) {
+			return snprintf(buf, len, "sglang: imbalance %.0f-%.0f, shortest queue",
+					v[0], v[1]);
+		}
+		if (w->variant == SGL_MATCH) {
+			return snprintf(buf, len, "sglang: match %.0f/%.0f tokens > %.2f", v[0],
+					v[1], v[2]);
+		}
+		return snprintf(
+			buf, len,
+			"sglang: match %.0f/%.0f tokens <= %.2f, smallest tree (%.0f blocks)", v[0],
+			v[1], v[2], v[3]);
+	case KVDEX_ROUTE_DYNAMO:
+		return snprintf(buf, len, "dynamo: cost %.2f blocks (credit %.2f, decode %.0f)",
+				v[0], v[1], v[2]);
+	case KVDEX_ROUTE_LLMD:
+		return snprintf(buf, len, "llmd: score %.3f (prefix %.1f weighted blocks)", v[0],
+				v[1]);
+	case KVDEX_ROUTE_LBGR:
+		return snprintf(buf, len, "lbgr: pred %.1f (uncached %.0f, load %.0f, theta %.1f)",
+				v[0], v[1], v[2], v[3]);
+	case KVDEX_ROUTE_KVDEX:
+		return snprintf(buf, len,
+				"kvdex: ttft %.2f ms = queue %.2f + prefill %.2f + fetch %.2f + "
+				"spec %.2f + penalty %.1f - affinity %.2f",
+				v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+	default:
+		return snprintf(buf, len, "policy %u", w->policy);
 	}
-	do {
-		tmp[n++] = (char)('0' + ip % 10);
-		ip /= 10;
-	} while (ip > 0);
-	if (x < 0 && v != 0) {
-		buf[o++] = '-';
-	}
-	while (n > 0) {
-		buf[o++] = tmp[--n];
-	}
-	buf[o] = '\0';
-	return buf;
 }
 
 /* ---- random, round robin, least load ------------------------------------------ */
 
 static void
 pol_random(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	   size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	   size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
 	(void)q;
 	v->best = (size_t)kvdex_route_rng_below(r, n);
@@ -88,12 +118,12 @@ pol_random(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 	for (size_t i = 0; i < n; i++) {
 		c[i].score = i == v->best ? 1.0 : 0.0;
 	}
-	snprintf(reason, rlen, "random: %zu of %zu", v->best, n);
+	why_set(why, 0, 2, (double)v->best, (double)n);
 }
 
 static void
 pol_round_robin(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-		size_t n, struct route_verdict *v, char *reason, size_t rlen)
+		size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
 	(void)q;
 	v->best = (size_t)(r->rr++ % n);
@@ -101,12 +131,12 @@ pol_round_robin(struct kvdex_router *r, const struct kvdex_route_req *q, struct 
 	for (size_t i = 0; i < n; i++) {
 		c[i].score = (double)((i + n - v->best) % n); /* turns until its go */
 	}
-	snprintf(reason, rlen, "round_robin: %zu of %zu", v->best, n);
+	why_set(why, 0, 2, (double)v->best, (double)n);
 }
 
 static void
 pol_least_load(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	       size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	       size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
 	(void)r;
 	(void)q;
@@ -119,18 +149,16 @@ pol_least_load(struct kvdex_router *r, const struct kvdex_route_req *q, struct k
 			v->best = i;
 		}
 	}
-	char f0[FX_LEN];
 
-	snprintf(reason, rlen, "least_load: %s queued+running", fx(f0, c[v->best].score, 0));
+	why_set(why, 0, 1, c[v->best].score);
 }
 
 /* ---- SGLang 0.4.6 cache_aware ------------------------------------------------------ */
 
 static void
 pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	   size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	   size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
-	char f0[FX_LEN], f1[FX_LEN];
 	const struct kvdex_route_sglang_opts *o = &r->o.sglang;
 	uint32_t mx = 0, mn = UINT32_MAX;
 	size_t deep = 0;
@@ -152,7 +180,7 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			c[i].score = kvdex_route_worker(r, i)->sgl_running;
 			v->best = c[i].score < c[v->best].score ? i : v->best;
 		}
-		snprintf(reason, rlen, "sglang: imbalance %u-%u, shortest queue", mx, mn);
+		why_set(why, SGL_IMBALANCE, 2, (double)mx, (double)mn);
 		return;
 	}
 	kvdex_route_view(q, &c[deep], &view);
@@ -162,8 +190,8 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			c[i].score = c[i].matched;
 		}
 		v->best = deep;
-		snprintf(reason, rlen, "sglang: match %u/%u tokens > %s", view.matched_tokens,
-			 view.tokens, fx(f0, o->cache_threshold, 2));
+		why_set(why, SGL_MATCH, 3, (double)view.matched_tokens, (double)view.tokens,
+			o->cache_threshold);
 		return;
 	}
 	/* Low match: the tenant with the smallest tree. */
@@ -172,9 +200,8 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 		c[i].score = (double)kvdex_route_worker(r, i)->sgl_tree_blocks;
 		v->best = c[i].score < c[v->best].score ? i : v->best;
 	}
-	snprintf(reason, rlen, "sglang: match %u/%u tokens <= %s, smallest tree (%s blocks)",
-		 view.matched_tokens, view.tokens, fx(f0, o->cache_threshold, 2),
-		 fx(f1, c[v->best].score, 0));
+	why_set(why, SGL_SMALLEST_TREE, 4, (double)view.matched_tokens, (double)view.tokens,
+		o->cache_threshold, c[v->best].score);
 }
 
 /* ---- Dynamo ----------------------------------------------------------------------------- */
@@ -210,9 +237,8 @@ dyn_softmax(struct kvdex_router *r, const struct kvdex_route_cand *c, size_t n, 
 
 static void
 pol_dynamo(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	   size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	   size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
-	char f0[FX_LEN], f1[FX_LEN], f2[FX_LEN];
 	const struct kvdex_route_dynamo_opts *o = &r->o.dynamo;
 	double mn = INFINITY, mx = -INFINITY, prompt;
 	struct route_view view;
@@ -240,9 +266,8 @@ pol_dynamo(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			}
 		}
 	}
-	snprintf(reason, rlen, "dynamo: cost %s blocks (credit %s, decode %s)",
-		 fx(f0, c[v->best].score, 2), fx(f1, dyn_credit(o, &c[v->best]), 2),
-		 fx(f2, kvdex_route_worker(r, v->best)->dyn_decode + q->nblocks, 0));
+	why_set(why, 0, 3, c[v->best].score, dyn_credit(o, &c[v->best]),
+		kvdex_route_worker(r, v->best)->dyn_decode + q->nblocks);
 }
 
 /* ---- llm-d -------------------------------------------------------------------------------- */
@@ -262,9 +287,8 @@ llmd_prefix(const struct kvdex_route_llmd_opts *o, const struct kvdex_route_cand
 
 static void
 pol_llmd(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	 size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	 size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
-	char f0[FX_LEN], f1[FX_LEN];
 	const struct kvdex_route_llmd_opts *o = &r->o.llmd;
 	double pmin = INFINITY, pmax = 0.0, best = -INFINITY;
 	uint32_t qmin = UINT32_MAX, qmax = 0;
@@ -299,8 +323,7 @@ pol_llmd(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	snprintf(reason, rlen, "llmd: score %s (prefix %s weighted blocks)", fx(f0, best, 3),
-		 fx(f1, llmd_prefix(o, &c[v->best]), 1));
+	why_set(why, 0, 2, best, llmd_prefix(o, &c[v->best]));
 }
 
 /* ---- LBGR ------------------------------------------------------------------------------------ */
@@ -344,9 +367,8 @@ lbgr_base(const struct kvdex_router *r, const struct kvdex_route_req *q,
 
 static void
 pol_lbgr(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	 size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	 size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
-	char f0[FX_LEN], f1[FX_LEN], f2[FX_LEN];
 	const struct kvdex_route_lbgr_opts *o = &r->o.lbgr;
 
 	v->higher_better = false;
@@ -361,10 +383,9 @@ pol_lbgr(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	snprintf(reason, rlen, "lbgr: pred %s (uncached %s, load %llu, theta %s)",
-		 fx(f0, c[v->best].score, 1), fx(f1, lbgr_base(r, q, &c[v->best]), 0),
-		 (unsigned long long)kvdex_route_worker(r, v->best)->lbgr_load,
-		 fx(f2, kvdex_route_worker(r, v->best)->lbgr_theta, 1));
+	why_set(why, 0, 4, c[v->best].score, lbgr_base(r, q, &c[v->best]),
+		(double)kvdex_route_worker(r, v->best)->lbgr_load,
+		kvdex_route_worker(r, v->best)->lbgr_theta);
 }
 
 /* ---- kvdex --------------------------------------------------------------------------------------
@@ -466,9 +487,8 @@ kvdex_miss_weight(const struct kvdex_router *r, const struct kvdex_route_cand *c
 
 static void
 pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
-	  size_t n, struct route_verdict *v, char *reason, size_t rlen)
+	  size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
-	char f[7][FX_LEN];
 	struct kvdex_ttft t, bt = {0};
 	double mw = kvdex_miss_weight(r, c, n);
 
@@ -483,11 +503,8 @@ pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_
 			bt = t;
 		}
 	}
-	snprintf(reason, rlen, "kvdex: ttft %s ms = queue %s + prefill %s + fetch %s + spec %s + "
-		 "penalty %s - affinity %s",
-		 fx(f[0], bt.total, 2), fx(f[1], bt.queue, 2), fx(f[2], bt.prefill, 2),
-		 fx(f[3], bt.fetch, 2), fx(f[4], bt.spec, 2), fx(f[5], bt.penalty, 1),
-		 fx(f[6], bt.affinity, 2));
+	why_set(why, 0, 7, bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty,
+		bt.affinity);
 }
 
 const route_policy_fn kvdex_route_policies[KVDEX_ROUTE_NPOLICIES] = {

@@ -19,6 +19,16 @@ TestSuite(route_e2e, .init = h_init, .fini = h_cleanup, .timeout = 30);
 
 #define NB 64
 
+/* A decision's reason, for assertion messages. */
+static const char *
+why_text(const struct kvdex_route_decision *d)
+{
+	static char buf[200];
+
+	kvdex_route_reason(d, buf, sizeof(buf));
+	return buf;
+}
+
 struct fx {
 	struct h_server s;
 	struct kvdex_client *c;
@@ -148,7 +158,7 @@ route_choice(enum kvdex_transport t)
 	cands(c, 4);
 	cr_assert(eq(int, kvdex_route(r, f.c, f.ns, keys, NB, 0, c, 4, &d), 0), "%s",
 		  kvdex_client_last_error(f.c));
-	cr_assert(eq(u32, d.worker_id, 2), "%s", d.reason);
+	cr_assert(eq(u32, d.worker_id, 2), "%s", why_text(&d));
 	cr_assert(eq(u32, d.round_trips, 1));
 	cr_assert(eq(u32, find(c, 4, 1)->tier_blocks[KVDEX_DISK], NB));
 	cr_assert(eq(u32, find(c, 4, 3)->matched, NB));
@@ -160,7 +170,7 @@ route_choice(enum kvdex_transport t)
 	load(f.c, 2, 50, 60000, 980);
 	cands(c, 4);
 	cr_assert(eq(int, kvdex_route(r, f.c, f.ns, keys, NB, 0, c, 4, &d), 0));
-	cr_assert(eq(u32, d.worker_id, 1), "%s", d.reason); /* the disk holder now */
+	cr_assert(eq(u32, d.worker_id, 1), "%s", why_text(&d)); /* the disk holder now */
 	kvdex_router_destroy(r);
 	fx_stop(&f);
 }

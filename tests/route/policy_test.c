@@ -12,6 +12,19 @@
 
 #include "kvdex/route.h"
 
+/* The decision's reason, rendered (one buffer per call site's statement). */
+#define REASON(d) reason_of(&(d), (char[200]){0})
+
+static char *
+reason_of(const struct kvdex_route_decision *d, char *buf)
+{
+	int n = kvdex_route_reason(d, buf, 200);
+
+	cr_assert(gt(int, n, 0));
+	cr_assert(lt(int, n, 160), "reason longer than documented: %s", buf);
+	return buf;
+}
+
 TestSuite(route_policy, .timeout = 10);
 
 static struct kvdex_router *
@@ -211,7 +224,7 @@ Test(route_policy, sglang_threshold)
 		hold(&e[0], KVDEX_GPU, 4); /* 4/8 = 0.5: not above */
 		/* Trees 0, 3, 0: the first smallest. */
 		cr_assert(eq(u32, decide(r, &q, e, 3, &d), 1));
-		cr_assert(strstr(d.reason, "smallest tree") != NULL);
+		cr_assert(strstr(REASON(d), "smallest tree") != NULL);
 	}
 	{
 		/* Trees now: 1 -> 4 blocks, 2 -> 3 blocks, 3 -> 0. */
@@ -244,7 +257,7 @@ Test(route_policy, sglang_imbalance)
 
 		hold(&c[0], KVDEX_GPU, 8);
 		cr_assert(eq(u32, decide(r, &q, c, 2, &d), 2));
-		cr_assert(strstr(d.reason, "imbalance") != NULL);
+		cr_assert(strstr(REASON(d), "imbalance") != NULL);
 	}
 	kvdex_router_destroy(r);
 }
@@ -439,7 +452,7 @@ Test(route_policy, kvdex_gpu_over_disk)
 	cr_assert(eq(u32, decide(r, &q, c, 3, &d), 2));
 	cr_assert(eq(u32, c[1].worker_id, 1)); /* disk still beats cold */
 	cr_assert(eq(u32, c[2].worker_id, 3));
-	cr_assert(strstr(d.reason, "ttft") != NULL);
+	cr_assert(strstr(REASON(d), "ttft") != NULL);
 	kvdex_router_destroy(r);
 }
 
@@ -551,7 +564,7 @@ Test(route_policy, reproducible)
 			decide(a, &q, c, 6, &da);
 			decide(b, &q, e, 6, &db);
 			cr_assert(eq(u32, da.worker_id, db.worker_id), "policy %u step %u", p, k);
-			cr_assert(eq(str, da.reason, db.reason));
+			cr_assert(eq(str, REASON(da), REASON(db)));
 			if (k % 3 == 0) {
 				kvdex_route_done_at(a, da.ticket, 100.0 + k, k * 7 + 5);
 				kvdex_route_done_at(b, db.ticket, 100.0 + k, k * 7 + 5);

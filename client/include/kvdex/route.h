@@ -210,16 +210,31 @@ struct kvdex_route_req {
 	uint64_t now_ms;     /**< monotonic ms (LBGR decay, recent assignments) */
 };
 
+#define KVDEX_ROUTE_WHY_VALS 8u
+
+/** Why a decision was made: the policy's figures for the chosen candidate
+ * (docs/ROUTING.md names them per policy). kvdex_route_reason() renders them
+ * as one line; a decision only stores them, since formatting a line on every
+ * decision cost as much as the policy itself. */
+struct kvdex_route_why {
+	uint8_t policy;	 /**< enum kvdex_route_policy */
+	uint8_t variant; /**< which of the policy's rules decided (sglang: 0 imbalance,
+			  *   1 match above the threshold, 2 smallest tree) */
+	uint16_t nvals;	 /**< figures in v */
+	uint32_t reserved;
+	double v[KVDEX_ROUTE_WHY_VALS];
+};
+
 /** What a routing decision says. */
 struct kvdex_route_decision {
 	uint32_t worker_id; /**< the choice = cand[0] after the call */
 	uint16_t dp_rank;
 	uint16_t reserved;
-	uint64_t ticket;	 /**< pass to kvdex_route_done() */
-	char reason[160];	 /**< why, in one line */
-	uint32_t spec_published; /**< speculative entries published */
-	uint32_t round_trips;	 /**< of the lookup */
-	int spec_error;		 /**< 0, or why the speculative publish failed */
+	uint64_t ticket;	    /**< pass to kvdex_route_done() */
+	struct kvdex_route_why why; /**< why; kvdex_route_reason() renders it */
+	uint32_t spec_published;    /**< speculative entries published */
+	uint32_t round_trips;	    /**< of the lookup */
+	int spec_error;		    /**< 0, or why the speculative publish failed */
 };
 
 /**
@@ -242,7 +257,7 @@ int kvdex_router_create(const struct kvdex_route_opts *opts, struct kvdex_router
 
 /**
  * The pure half of a decision: rank the candidates of a snapshot. Sorts cand
- * best first, sets each score, fills d (worker, ticket, reason; no I/O
+ * best first, sets each score, fills d (worker, ticket, why; no I/O
  * fields), and records the assignment in the router's state (round robin
  * counter, SGLang running counts, LBGR loads, recent assignments).
  * @param r     router
@@ -256,6 +271,17 @@ int kvdex_router_create(const struct kvdex_route_opts *opts, struct kvdex_router
  */
 int kvdex_router_decide(struct kvdex_router *r, const struct kvdex_route_req *req,
 			struct kvdex_route_cand *cand, size_t n, struct kvdex_route_decision *d);
+
+/**
+ * Render a decision's reason (d->why) as one line, e.g.
+ * "kvdex: ttft 3.10 ms = queue 0.50 + prefill 2.00 + ...".
+ * @param d    a decision filled by kvdex_route() or kvdex_router_decide()
+ * @param buf  output, NUL-terminated when len > 0
+ * @param len  size of buf (160 bytes holds every policy's line)
+ * @return the length of the full line (as snprintf), -EINVAL
+ * Context: any thread. Ownership: buf is the caller's.
+ */
+int kvdex_route_reason(const struct kvdex_route_decision *d, char *buf, size_t len);
 
 /**
  * Route one request: look the chain up (reading the workers' load rows in
