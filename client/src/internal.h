@@ -104,6 +104,12 @@ struct kvdex_merge_worker {
 	uint32_t worker_id;
 	uint16_t dp_rank;
 	bool alive; /* has held every block so far */
+	/* The block being merged: blk_pos = its position + 1 once this worker
+	 * is seen holding it, with the fastest tier seen and whether every copy
+	 * seen is speculative. */
+	bool blk_spec;
+	uint32_t blk_pos;
+	uint32_t blk_tier;
 	uint32_t matched;
 	uint32_t tier_blocks[KVDEX_NTIERS];
 	uint32_t spec_blocks;
@@ -114,13 +120,12 @@ struct kvdex_merge_worker {
  * batches. */
 struct kvdex_merge {
 	unsigned flags; /* KVDEX_LOOKUP_* */
+	/* Every (worker, rank) that held block 0: w[0, nalive) still hold every
+	 * block so far, w[nalive, nw) stopped somewhere. */
 	struct kvdex_merge_worker *w;
-	unsigned nw, capw;
+	unsigned nw, nalive, capw;
 	uint32_t pos;	/* blocks merged so far */
 	uint32_t fused; /* see kvdex_lookup_result.fused */
-	/* scratch: the holders of the current block, per (worker, rank) */
-	struct kvdex_merge_worker *cur;
-	unsigned ncur, capcur;
 };
 
 void kvdex_merge_init(struct kvdex_merge *m, unsigned flags);

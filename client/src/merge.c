@@ -44,45 +44,11 @@ kvdex_merge_fini(struct kvdex_merge *m)
 		return;
 	}
 	free(m->w);
-	free(m->cur);
 	memset(m, 0, sizeof(*m));
 }
 
-static int
-merge_grow(struct kvdex_merge_worker **arr, unsigned *cap, unsigned need)
-{
-	struct kvdex_merge_worker *n;
-	unsigned ncap;
-
-	if (need <= *cap) {
-		return 0;
-	}
-	ncap = *cap != 0 ? *cap * 2 : 16;
-	while (ncap < need) {
-		ncap *= 2;
-	}
-	n = realloc(*arr, ncap * sizeof(*n));
-	if (n == NULL) {
-		return -ENOMEM;
-	}
-	*arr = n;
-	*cap = ncap;
-	return 0;
-}
-
-static struct kvdex_merge_worker *
-merge_find(struct kvdex_merge_worker *arr, unsigned n, uint32_t worker_id, uint16_t dp_rank)
-{
-	for (unsigned i = 0; i < n; i++) {
-		if (arr[i].worker_id == worker_id && arr[i].dp_rank == dp_rank) {
-			return &arr[i];
-		}
-	}
-	return NULL;
-}
-
 /* The row of a holder that is visible now, or NULL. */
-static const struct kvdex_worker_row *
+static inline const struct kvdex_worker_row *
 merge_visible(const struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
 	      const struct kvdex_holder *h)
 {
@@ -104,66 +70,101 @@ merge_visible(const struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
 	return row;
 }
 
+/* A (worker, rank) seen holding block 0: alive, appended. */
+static struct kvdex_merge_worker *
+merge_new(struct kvdex_merge *m, const struct kvdex_worker_row *row)
+{
+	struct kvdex_merge_worker *w;
+
+	if (m->nw == m->capw) {
+		unsigned ncap = m->capw != 0 ? m->capw * 2 : 16;
+
+		w = realloc(m->w, ncap * sizeof(*w));
+		if (w == NULL) {
+			return NULL;
+		}
+		m->w = w;
+		m->capw = ncap;
+	}
+	w = &m->w[m->nw++];
+	m->nalive++;
+	memset(w, 0, sizeof(*w));
+	w->worker_id = row->worker_id;
+	w->dp_rank = row->dp_rank;
+	w->alive = true;
+	w->load = (uint64_t)row->queued + row->running;
+	return w;
+}
+
 /*
- * Fold one holder into the current block's per-worker set. In `cur`,
- * tier_blocks[0] holds the fastest tier seen and spec_blocks is 1 while every
- * copy seen is speculative.
+ * Note that a visible exact holder has block m->pos. Only a worker alive so
+ * far can gain from it; at block 0 every holder starts alive. A worker can
+ * hold a block in several tiers and records: keep its fastest tier, and
+ * whether every copy is speculative.
  */
 static int
-merge_holder(struct kvdex_merge *m, const struct kvdex_merge_srv *srv, const struct kvdex_holder *h)
+merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row, const struct kvdex_holder *h)
 {
-	const struct kvdex_worker_row *row = merge_visible(m, srv, h);
-	struct kvdex_merge_worker *w;
+	struct kvdex_merge_worker *w = NULL;
 	unsigned tier = kvdex_holder_tier(h);
 	bool spec = (h->bits & KVDEX_H_SPEC) != 0;
 
-	if (row == NULL) {
-		return 0;
+	for (unsigned i = 0; i < m->nalive; i++) {
+		if (m->w[i].worker_id == row->worker_id && m->w[i].dp_rank == row->dp_rank) {
+			w = &m->w[i];
+			break;
+		}
 	}
-	w = merge_find(m->cur, m->ncur, row->worker_id, row->dp_rank);
 	if (w == NULL) {
-		if (merge_grow(&m->cur, &m->capcur, m->ncur + 1) < 0) {
+		if (m->pos != 0) {
+			return 0;
+		}
+		w = merge_new(m, row);
+		if (w == NULL) {
 			return -ENOMEM;
 		}
-		w = &m->cur[m->ncur++];
-		memset(w, 0, sizeof(*w));
-		w->worker_id = row->worker_id;
-		w->dp_rank = row->dp_rank;
-		w->tier_blocks[0] = tier;
-		w->spec_blocks = spec;
-		w->load = (uint64_t)row->queued + row->running;
+	}
+	if (w->blk_pos != m->pos + 1) {
+		w->blk_pos = m->pos + 1;
+		w->blk_tier = tier;
+		w->blk_spec = spec;
 		return 0;
 	}
-	if (tier < w->tier_blocks[0]) {
-		w->tier_blocks[0] = tier;
+	if (tier < w->blk_tier) {
+		w->blk_tier = tier;
 	}
 	if (!spec) {
-		w->spec_blocks = 0;
+		w->blk_spec = false;
 	}
 	return 0;
 }
 
-/* Fold one record of the block's chain, if it is the block's. */
+/* Fold one record of the block's chain, if it is the block's. *exact counts
+ * its visible exact holders; *fused is set by a visible FUSED holder. */
 static int
 merge_record(struct kvdex_merge *m, const struct kvdex_merge_block *b,
-	     const struct kvdex_record_view *rec, bool *fused)
+	     const struct kvdex_record_view *rec, unsigned *exact, bool *fused)
 {
 	const struct kvdex_merge_srv *srv = b->srv;
+	const struct kvdex_holder *h = rec->holders;
 
 	if (rec->hdr.key != b->key || rec->hdr.ns != srv->ns_id) {
 		return 0;
 	}
 	for (unsigned j = 0; j < rec->hdr.nholders; j++) {
-		struct kvdex_holder h;
+		const struct kvdex_worker_row *row = merge_visible(m, srv, &h[j]);
 		int rc;
 
-		memcpy(&h, &rec->holders[j], sizeof(h));
-		if (rec->hdr.flags & KVDEX_REC_FUSED) {
-			/* Never an exact match; only noted. */
-			*fused |= merge_visible(m, srv, &h) != NULL;
+		if (row == NULL) {
 			continue;
 		}
-		rc = merge_holder(m, srv, &h);
+		if (rec->hdr.flags & KVDEX_REC_FUSED) {
+			/* Never an exact match; only noted. */
+			*fused = true;
+			continue;
+		}
+		(*exact)++;
+		rc = merge_holder(m, row, &h[j]);
 		if (rc < 0) {
 			return rc;
 		}
@@ -171,22 +172,17 @@ merge_record(struct kvdex_merge *m, const struct kvdex_merge_block *b,
 	return 0;
 }
 
-/* Collect the live holders of one block into m->cur. *fused is set when a
- * FUSED record of the block has a live holder. */
+/* Fold every record of block b: at known positions, or by scanning its
+ * chain's images. */
 static int
-merge_collect(struct kvdex_merge *m, const struct kvdex_merge_block *b, bool *fused)
+merge_records(struct kvdex_merge *m, const struct kvdex_merge_block *b, unsigned *exact,
+	      bool *fused)
 {
 	const struct kvdex_merge_srv *srv = b->srv;
 	struct kvdex_record_view rec;
 	int rc;
 
-	m->ncur = 0;
-	*fused = false;
-	if (srv == NULL || srv->ns_id == KVDEX_NS_NONE) {
-		return 0;
-	}
 	if (b->recs_known) {
-		/* Known positions: decode just those records. */
 		for (unsigned i = 0; i < b->nrecs; i++) {
 			size_t pos = b->rec_pos[i];
 
@@ -194,7 +190,7 @@ merge_collect(struct kvdex_merge *m, const struct kvdex_merge_block *b, bool *fu
 			if (rc != 1) {
 				return -EPROTO;
 			}
-			rc = merge_record(m, b, &rec, fused);
+			rc = merge_record(m, b, &rec, exact, fused);
 			if (rc < 0) {
 				return rc;
 			}
@@ -205,7 +201,7 @@ merge_collect(struct kvdex_merge *m, const struct kvdex_merge_block *b, bool *fu
 		size_t pos = 0;
 
 		while ((rc = kvdex_record_next(b->imgs[i], srv->bucket_size, &pos, &rec)) == 1) {
-			rc = merge_record(m, b, &rec, fused);
+			rc = merge_record(m, b, &rec, exact, fused);
 			if (rc < 0) {
 				return rc;
 			}
@@ -217,78 +213,48 @@ merge_collect(struct kvdex_merge *m, const struct kvdex_merge_block *b, bool *fu
 	return 0;
 }
 
-static void
-merge_count(struct kvdex_merge_worker *w, const struct kvdex_merge_worker *cur)
-{
-	w->matched++;
-	w->tier_blocks[cur->tier_blocks[0]]++;
-	w->spec_blocks += cur->spec_blocks;
-}
-
-static int
-merge_first_block(struct kvdex_merge *m)
-{
-	if (merge_grow(&m->w, &m->capw, m->ncur) < 0) {
-		return -ENOMEM;
-	}
-	for (unsigned i = 0; i < m->ncur; i++) {
-		struct kvdex_merge_worker *w = &m->w[m->nw++];
-
-		memset(w, 0, sizeof(*w));
-		w->worker_id = m->cur[i].worker_id;
-		w->dp_rank = m->cur[i].dp_rank;
-		w->load = m->cur[i].load;
-		w->alive = true;
-		merge_count(w, &m->cur[i]);
-	}
-	return 0;
-}
-
 int
 kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b)
 {
-	bool fused;
-	int rc;
+	unsigned exact = 0;
+	bool fused = false;
 
-	rc = merge_collect(m, b, &fused);
-	if (rc < 0) {
-		return rc;
+	if (b->srv != NULL && b->srv->ns_id != KVDEX_NS_NONE) {
+		int rc = merge_records(m, b, &exact, &fused);
+
+		if (rc < 0) {
+			return rc;
+		}
 	}
-	if (fused && m->ncur == 0 && m->fused == 0) {
+	if (fused && exact == 0 && m->fused == 0) {
 		m->fused = m->pos + 1;
 	}
-	if (m->pos++ == 0) {
-		return merge_first_block(m);
-	}
-	for (unsigned i = 0; i < m->nw; i++) {
+	/* Count the block for the alive workers that hold it; the others stop
+	 * here and move past w[nalive) (the order is restored at finish). */
+	for (unsigned i = 0; i < m->nalive;) {
 		struct kvdex_merge_worker *w = &m->w[i];
-		const struct kvdex_merge_worker *c;
 
-		if (!w->alive) {
+		if (w->blk_pos != m->pos + 1) {
+			struct kvdex_merge_worker t = *w;
+
+			t.alive = false;
+			*w = m->w[--m->nalive];
+			m->w[m->nalive] = t;
 			continue;
 		}
-		c = merge_find(m->cur, m->ncur, w->worker_id, w->dp_rank);
-		if (c == NULL) {
-			w->alive = false;
-			continue;
-		}
-		merge_count(w, c);
+		w->matched++;
+		w->tier_blocks[w->blk_tier]++;
+		w->spec_blocks += w->blk_spec;
+		i++;
 	}
+	m->pos++;
 	return 0;
 }
 
 bool
 kvdex_merge_alive(const struct kvdex_merge *m)
 {
-	if (m->pos == 0) {
-		return true;
-	}
-	for (unsigned i = 0; i < m->nw; i++) {
-		if (m->w[i].alive) {
-			return true;
-		}
-	}
-	return false;
+	return m->pos == 0 || m->nalive > 0;
 }
 
 static int
