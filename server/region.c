@@ -111,6 +111,39 @@ region_open_fds(struct kvdex_region *rg)
 	return 0;
 }
 
+#define SHMEM_THP_KNOB "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+/*
+ * Ask for transparent huge pages on the region. A lookup reads scattered
+ * buckets of a table much larger than a 4 KiB-page TLB covers, so without
+ * them nearly every bucket read is also a TLB miss (and a NIC's translation
+ * miss). The kernel honours the advice only when shmem THP is "advise" or
+ * "always" (SHMEM_THP_KNOB); say so once if it is not. docs/OPERATIONS.md.
+ */
+static void
+region_want_huge_pages(void *base, uint64_t len)
+{
+	char mode[128] = "";
+	FILE *f;
+
+	if (madvise(base, len, MADV_HUGEPAGE) != 0) {
+		KVDEX_LOG_INFO(LOG_COMP, "no transparent huge pages for the region: madvise: %s",
+			       strerror(errno));
+		return;
+	}
+	f = fopen(SHMEM_THP_KNOB, "r");
+	if (f == NULL) {
+		return;
+	}
+	if (fgets(mode, sizeof(mode), f) != NULL && strstr(mode, "[never]") != NULL) {
+		KVDEX_LOG_NOTICE(LOG_COMP,
+				 "shmem huge pages are off (%s is never): the region uses 4 KiB "
+				 "pages; set it to advise for fewer TLB misses per lookup",
+				 SHMEM_THP_KNOB);
+	}
+	fclose(f);
+}
+
 static int
 region_map(struct kvdex_region *rg)
 {
@@ -123,6 +156,7 @@ region_map(struct kvdex_region *rg)
 		return -errno;
 	}
 	rg->base = p;
+	region_want_huge_pages(p, rg->max);
 	/* Our writable mapping exists: from now on nobody may create another
 	 * one, write() to the file or shrink it. Growth stays allowed. */
 	if (fcntl(rg->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE) != 0) {

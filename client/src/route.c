@@ -84,6 +84,8 @@ route_defaults(struct kvdex_route_opts *d)
 	d->kvdex = (struct kvdex_route_kvdex_opts){
 		.prefill_ms_per_token = 0.125,
 		.miss_weight = 8.0,
+		.bound_rel = 0.35,
+		.bound_ms = 100.0,
 		.fetch_ms_per_token = {0.0, 0.005, 0.025, 0.01},
 		.queued_req_ms = 2.0,
 		.running_req_ms = 0.5,
@@ -126,7 +128,8 @@ route_opts_check(const struct kvdex_route_opts *o)
 	}
 	if (l->decay_den == 0 || l->decay_num > l->decay_den || l->decay_interval_ms == 0 ||
 	    !(l->rls_lambda > 0.0 && l->rls_lambda <= 1.0) || o->dynamo.temperature < 0.0 ||
-	    o->kvdex.kv_high_permille >= 1000 || o->kvdex.prefill_ms_per_token < 0.0) {
+	    o->kvdex.kv_high_permille >= 1000 || o->kvdex.prefill_ms_per_token < 0.0 ||
+	    !(o->kvdex.bound_rel >= 0.0)) {
 		return -EINVAL;
 	}
 	return 0;
@@ -144,6 +147,7 @@ kvdex_router_destroy(struct kvdex_router *r)
 	free(r->cw);
 	free(r->cw2);
 	free(r->tmpc);
+	free(r->scratch_own);
 	free(r->hold);
 	free(r);
 }
@@ -308,6 +312,7 @@ route_scratch(struct kvdex_router *r, size_t n)
 {
 	uint32_t *a, *b;
 	struct kvdex_route_cand *t;
+	double *o;
 
 	if (n <= r->capcw) {
 		return 0;
@@ -327,6 +332,11 @@ route_scratch(struct kvdex_router *r, size_t n)
 		return -ENOMEM;
 	}
 	r->tmpc = t;
+	o = realloc(r->scratch_own, n * sizeof(*o));
+	if (o == NULL) {
+		return -ENOMEM;
+	}
+	r->scratch_own = o;
 	r->capcw = n;
 	return 0;
 }

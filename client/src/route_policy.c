@@ -99,8 +99,8 @@ kvdex_route_reason(const struct kvdex_route_decision *d, char *buf, size_t len)
 	case KVDEX_ROUTE_KVDEX:
 		return snprintf(buf, len,
 				"kvdex: ttft %.2f ms = queue %.2f + prefill %.2f + fetch %.2f + "
-				"spec %.2f + penalty %.1f - affinity %.2f",
-				v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+				"spec %.2f + penalty %.1f - affinity %.2f; %.0f outside the bound",
+				v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
 	default:
 		return snprintf(buf, len, "policy %u", w->policy);
 	}
@@ -485,26 +485,75 @@ kvdex_miss_weight(const struct kvdex_router *r, const struct kvdex_route_cand *c
 	return 1.0 + (r->o.kvdex.miss_weight - 1.0) * (n ? (double)busy / (double)n : 1.0);
 }
 
+/*
+ * The latency bound (route.h, docs/ROUTING.md): how far above the best
+ * candidate's own TTFT estimate (miss weight 1) a candidate may be and still
+ * compete on the weighted estimate. The miss weight trades this request's
+ * latency for later requests' hits; that pays while capacity is short and only
+ * adds tail latency while it is not, so the bound is divided by the share of
+ * candidates with nothing queued: it is tight in an idle fleet and gone in a
+ * saturated one. < 0: no bound.
+ */
+static double
+kvdex_bound(const struct kvdex_router *r, const struct kvdex_route_cand *c, size_t n,
+	    double best_own)
+{
+	const struct kvdex_route_kvdex_opts *o = &r->o.kvdex;
+	size_t queued = 0;
+	double idle_share;
+
+	if (o->bound_ms < 0.0) {
+		return -1.0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		queued += c[i].load.queued > 0;
+	}
+	idle_share = 1.0 - (double)queued / (double)n;
+	if (idle_share < KVDEX_BOUND_MIN_IDLE) {
+		return -1.0;
+	}
+	return (o->bound_rel * best_own + o->bound_ms) / idle_share;
+}
+
+/* The TTFT estimate at miss weight 1 (the request's own latency) of an
+ * estimate made at miss weight mw. */
+static double
+kvdex_own(const struct kvdex_ttft *t, double mw)
+{
+	return t->total - t->prefill + t->prefill / mw;
+}
+
 static void
 pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_route_cand *c,
 	  size_t n, struct route_verdict *v, struct kvdex_route_why *why)
 {
 	struct kvdex_ttft t, bt = {0};
 	double mw = kvdex_miss_weight(r, c, n);
+	double best_own = 0.0, bound, *own = r->scratch_own;
+	size_t outside = 0;
 
-	v->higher_better = false;
 	for (size_t i = 0; i < n; i++) {
 		kvdex_ttft(r, q, &c[i], kvdex_route_worker(r, i), mw, &t);
 		c[i].score = t.total;
-		if (i == 0 || t.total < bt.total ||
-		    (t.total == bt.total &&
+		own[i] = kvdex_own(&t, mw);
+		best_own = i == 0 || own[i] < best_own ? own[i] : best_own;
+	}
+	bound = kvdex_bound(r, c, n, best_own);
+	v->higher_better = false;
+	for (size_t i = 0; i < n; i++) {
+		if (bound >= 0.0 && own[i] > best_own + bound) {
+			c[i].score += KVDEX_OUTSIDE_BOUND_MS;
+			outside++;
+		}
+		if (i == 0 || c[i].score < c[v->best].score ||
+		    (c[i].score == c[v->best].score &&
 		     c[i].tier_blocks[KVDEX_GPU] > c[v->best].tier_blocks[KVDEX_GPU])) {
 			v->best = i;
-			bt = t;
 		}
 	}
-	why_set(why, 0, 7, bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty,
-		bt.affinity);
+	kvdex_ttft(r, q, &c[v->best], kvdex_route_worker(r, v->best), mw, &bt);
+	why_set(why, 0, 8, bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty,
+		bt.affinity, (double)outside);
 }
 
 const route_policy_fn kvdex_route_policies[KVDEX_ROUTE_NPOLICIES] = {

@@ -105,6 +105,9 @@ shm_attach_region(struct kvdex_conn *conn, int region_fd, uint64_t region_max)
 	if (p == MAP_FAILED) {
 		return -errno;
 	}
+	/* Map the server's huge pages as huge pages where the kernel allows it
+	 * (kvdexd asks for them: server/region.c); advice only. */
+	(void)madvise(p, region_max, MADV_HUGEPAGE);
 	sc->map = p;
 	sc->map_len = region_max;
 	/* The header page always exists once a server answers Hello. */

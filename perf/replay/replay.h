@@ -199,7 +199,9 @@ struct replay_run_opts {
 	/* overrides of the route options (< 0: keep the library default) */
 	double lbgr_units_per_token;
 	double kvdex_prefill_ms_per_token;
-	double kvdex_miss_weight; /* < 0: the router's default */
+	double kvdex_miss_weight;		      /* < 0: the router's default */
+	bool kvdex_bound_rel_set, kvdex_bound_ms_set; /* else the router's defaults */
+	double kvdex_bound_rel, kvdex_bound_ms;
 	double kvdex_queued_req_ms;
 	/* server */
 	const char *kvdexd;  /* path, when spawning */

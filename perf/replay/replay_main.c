@@ -82,7 +82,7 @@ usage(FILE *f)
 	      "  --seed N | --seeds a,b,c\n"
 	      "  --base-ms X --prefill-ms X --decode-ms X   service model (10, 0.14, 12)\n"
 	      "  --lbgr-units-per-token X --kvdex-prefill-ms X --kvdex-queued-ms X\n"
-	      "  --kvdex-miss-weight X\n"
+	      "  --kvdex-miss-weight X --kvdex-bound-rel X --kvdex-bound-ms X (< 0: no bound)\n"
 	      "  --use-kvdex-route     call kvdex_route() (wall clock) instead of decide\n"
 	      "  --speculate           routers publish speculative entries\n"
 	      "sweeps and output:\n"
@@ -355,6 +355,8 @@ enum {
 	O_KVPF,
 	O_KVQ,
 	O_KVMW,
+	O_KVBR,
+	O_KVBM,
 	O_USEROUTE,
 	O_SPEC,
 	O_SWEEP,
@@ -399,6 +401,8 @@ static const struct option long_opts[] = {
 	{"kvdex-prefill-ms", 1, 0, O_KVPF},
 	{"kvdex-queued-ms", 1, 0, O_KVQ},
 	{"kvdex-miss-weight", 1, 0, O_KVMW},
+	{"kvdex-bound-rel", 1, 0, O_KVBR},
+	{"kvdex-bound-ms", 1, 0, O_KVBM},
 	{"use-kvdex-route", 0, 0, O_USEROUTE},
 	{"speculate", 0, 0, O_SPEC},
 	{"sweep", 1, 0, O_SWEEP},
@@ -530,6 +534,12 @@ opt_one(struct cfg *c, int o, const char *v)
 		return parse_double("--kvdex-queued-ms", v, 0.0, &c->run.kvdex_queued_req_ms);
 	case O_KVMW:
 		return parse_double("--kvdex-miss-weight", v, 0.0, &c->run.kvdex_miss_weight);
+	case O_KVBR:
+		c->run.kvdex_bound_rel_set = true;
+		return parse_double("--kvdex-bound-rel", v, 0.0, &c->run.kvdex_bound_rel);
+	case O_KVBM:
+		c->run.kvdex_bound_ms_set = true;
+		return parse_double("--kvdex-bound-ms", v, -1e9, &c->run.kvdex_bound_ms);
 	case O_USEROUTE:
 		c->run.use_kvdex_route = true;
 		return 0;

@@ -647,6 +647,12 @@ sim_router_init(struct sim *s)
 	if (s->o->kvdex_miss_weight >= 0) {
 		ro.kvdex.miss_weight = s->o->kvdex_miss_weight;
 	}
+	if (s->o->kvdex_bound_rel_set) {
+		ro.kvdex.bound_rel = s->o->kvdex_bound_rel;
+	}
+	if (s->o->kvdex_bound_ms_set) {
+		ro.kvdex.bound_ms = s->o->kvdex_bound_ms;
+	}
 	if (s->o->kvdex_prefill_ms_per_token >= 0) {
 		ro.kvdex.prefill_ms_per_token = s->o->kvdex_prefill_ms_per_token;
 	}

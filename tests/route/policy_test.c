@@ -540,6 +540,56 @@ Test(route_policy, kvdex_burst_spreads)
 	kvdex_router_destroy(r);
 }
 
+/* 17b. kvdex's latency bound: in a fleet with nothing queued, a holder whose
+ * own TTFT (its queue) is well above an idle miss's loses to the miss even
+ * though the miss weight alone would keep the affinity; once every candidate
+ * has a queue the bound is gone and the holder wins again. 64 blocks x 16
+ * tokens at 0.125 ms: a miss costs 128 ms; the holder's queue is 300 ms. */
+static uint32_t
+bound_case(const struct kvdex_route_opts *o, uint32_t queued_each, struct kvdex_route_decision *d)
+{
+	struct kvdex_router *r = mk_opts(o);
+	struct kvdex_route_req q = req(64, 16, 0);
+	struct kvdex_route_cand c[4] = {cand(1), cand(2), cand(3), cand(4)};
+	uint32_t id;
+
+	hold(&c[0], KVDEX_GPU, 64);
+	c[0].load.running = 1;
+	c[0].load.prefill_tokens = 2400;
+	for (unsigned i = 0; i < 4; i++) {
+		c[i].load.queued = queued_each;
+	}
+	id = decide(r, &q, c, 4, d);
+	kvdex_router_destroy(r);
+	return id;
+}
+
+Test(route_policy, kvdex_latency_bound)
+{
+	struct kvdex_route_opts o;
+	struct kvdex_route_decision d;
+
+	kvdex_route_opts_init(&o, sizeof(o));
+	o.policy = KVDEX_ROUTE_KVDEX;
+	cr_assert(eq(dbl, o.kvdex.bound_rel, 0.35));
+	cr_assert(eq(dbl, o.kvdex.bound_ms, 100.0));
+	/* Idle fleet: 300 ms > 128 + 0.35 x 128 + 100: the holder is outside. */
+	cr_assert(ne(u32, bound_case(&o, 0, &d), 1));
+	cr_assert(strstr(REASON(d), "1 outside the bound") != NULL, "%s", REASON(d));
+	/* Without the bound the miss weight keeps the holder. */
+	o.kvdex.bound_ms = -1.0;
+	cr_assert(eq(u32, bound_case(&o, 0, &d), 1));
+	/* Every candidate queued: saturated, no bound. */
+	o.kvdex.bound_ms = 100.0;
+	cr_assert(eq(u32, bound_case(&o, 1, &d), 1));
+	cr_assert(strstr(REASON(d), "0 outside the bound") != NULL, "%s", REASON(d));
+	/* A looser bound takes the holder back in. */
+	o.kvdex.bound_ms = 200.0;
+	cr_assert(eq(u32, bound_case(&o, 0, &d), 1));
+	o.kvdex.bound_rel = -0.1;
+	cr_assert(eq(int, kvdex_router_create(&o, &(struct kvdex_router *){NULL}), -EINVAL));
+}
+
 /* 18. Every policy replays exactly under the same seed. */
 Test(route_policy, reproducible)
 {

@@ -156,6 +156,14 @@ struct kvdex_route_kvdex_opts {
 	 * also spends capacity that later requests of the same prefix would have
 	 * saved, which a per-request TTFT estimate does not see. */
 	double miss_weight;
+	/** The latency bound: a candidate whose own TTFT estimate (at miss
+	 * weight 1) is more than bound_rel x the best such estimate + bound_ms
+	 * above it ranks after every candidate within the bound. The bound is
+	 * divided by the share of candidates with nothing queued, so it
+	 * vanishes as the fleet saturates. 0.35 and 100 ms; a negative
+	 * bound_ms turns it off. */
+	double bound_rel;
+	double bound_ms;
 };
 
 /** Router options; initialise with kvdex_route_opts_init(). */
