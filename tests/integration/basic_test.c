@@ -536,6 +536,9 @@ Test(basic, stats_names)
 	for (size_t i = 0; i < KVDEX_TEST_NCOUNTER_NAMES; i++) {
 		h_stat(&st, kvdex_test_counter_names[i]);
 	}
+	/* And nothing else: a counter added to the server must be documented
+	 * (docs/OPERATIONS.md) and listed in tests/fakes/counter_names.h. */
+	cr_assert(eq(int, st.n, (int)KVDEX_TEST_NCOUNTER_NAMES));
 	cr_assert(ge(u64, h_stat(&st, "conns_active"), 1));
 	cr_assert(ge(u64, h_stat(&st, "conns_accepted"), 1));
 	cr_assert(gt(u64, h_stat(&st, "home_buckets"), 0));
