@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cfgline.h"
 #include "common/layout.h"
 #include "common/log.h"
 
@@ -326,33 +327,6 @@ kvdex_config_set(struct kvdex_config *cfg, const char *key, const char *val, con
 	return 0;
 }
 
-static char *
-trim(char *s)
-{
-	char *e;
-
-	while (isspace((unsigned char)*s)) {
-		s++;
-	}
-	e = s + strlen(s);
-	while (e > s && isspace((unsigned char)e[-1])) {
-		*--e = '\0';
-	}
-	return s;
-}
-
-/* Cut a comment: '#' at the start or after whitespace. */
-static void
-strip_comment(char *s)
-{
-	for (char *p = s; *p != '\0'; p++) {
-		if (*p == '#' && (p == s || isspace((unsigned char)p[-1]))) {
-			*p = '\0';
-			return;
-		}
-	}
-}
-
 static int
 config_line(struct kvdex_config *cfg, char *line, const char *where, char *err, size_t errlen)
 {
@@ -361,8 +335,7 @@ config_line(struct kvdex_config *cfg, char *line, const char *where, char *err, 
 	char *val;
 	size_t n;
 
-	strip_comment(line);
-	line = trim(line);
+	line = kvdex_cfg_clean(line);
 	if (*line == '\0') {
 		return 0;
 	}
@@ -372,8 +345,8 @@ config_line(struct kvdex_config *cfg, char *line, const char *where, char *err, 
 		return -EINVAL;
 	}
 	*eq = '\0';
-	key = trim(line);
-	val = trim(eq + 1);
+	key = kvdex_cfg_trim(line);
+	val = kvdex_cfg_trim(eq + 1);
 	n = strlen(val);
 	if (n >= 2 && val[0] == '"' && val[n - 1] == '"') {
 		val[n - 1] = '\0';
@@ -430,7 +403,7 @@ read_token_file(struct kvdex_config *cfg, char *err, size_t errlen)
 		buf[0] = '\0';
 	}
 	fclose(f);
-	tok = trim(buf);
+	tok = kvdex_cfg_trim(buf);
 	if (*tok == '\0' || strlen(tok) >= sizeof(cfg->auth_token)) {
 		errf(err, errlen, "auth-token-file %s: empty or longer than %u bytes",
 		     cfg->auth_token_file, KVDEX_TOKEN_MAX - 1);

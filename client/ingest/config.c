@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cfgline.h"
 #include "common/log.h"
 #include "kvdex/kvdex.h"
 
@@ -580,21 +581,6 @@ engine_line(struct kvdex_ingest_cfg *cfg, char *rest, const char *src, char *err
 	return 0;
 }
 
-static char *
-trim(char *s)
-{
-	char *end;
-
-	while (isspace((unsigned char)*s)) {
-		s++;
-	}
-	end = s + strlen(s);
-	while (end > s && isspace((unsigned char)end[-1])) {
-		*--end = '\0';
-	}
-	return s;
-}
-
 int
 kvdex_ingest_cfg_line(struct kvdex_ingest_cfg *cfg, const char *line, const char *src, char *err,
 		      size_t errlen)
@@ -608,10 +594,7 @@ kvdex_ingest_cfg_line(struct kvdex_ingest_cfg *cfg, const char *line, const char
 		return cfg_err(err, errlen, "%s: line too long", src);
 	}
 	strcpy(buf, line);
-	if ((s = strchr(buf, '#')) != NULL) {
-		*s = '\0';
-	}
-	s = trim(buf);
+	s = kvdex_cfg_clean(buf);
 	if (*s == '\0') {
 		return 0;
 	}
@@ -623,7 +606,7 @@ kvdex_ingest_cfg_line(struct kvdex_ingest_cfg *cfg, const char *line, const char
 		return cfg_err(err, errlen, "%s: expected 'key = value' or 'engine NAME ...'", src);
 	}
 	*eq = '\0';
-	rc = kvdex_ingest_cfg_set(cfg, trim(s), trim(eq + 1), sub, sizeof(sub));
+	rc = kvdex_ingest_cfg_set(cfg, kvdex_cfg_trim(s), kvdex_cfg_trim(eq + 1), sub, sizeof(sub));
 	if (rc != 0) {
 		return cfg_err(err, errlen, "%s: %s", src, sub);
 	}
