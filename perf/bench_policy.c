@@ -14,11 +14,14 @@
  *
  * Routing (a private kvdexd, index on shm): --workers workers register,
  * --chains chains of --blocks blocks are published, each held by 1..3
- * workers in random tiers, and every worker reports a random load. Then for
- * each policy, --decisions kvdex_route() calls are timed one by one on random
- * chains with every worker a candidate (one lookup with fresh load rows +
- * the policy), each followed by kvdex_route_done(). "kvdex+spec" is the kvdex
- * policy publishing speculative entries (one more exchange per decision).
+ * workers in random tiers, and every worker reports a random load. Then
+ * --decisions rounds each draw a random chain and time one kvdex_route() per
+ * policy on it, with every worker a candidate (one lookup with fresh load rows
+ * + the policy), each followed by kvdex_route_done(); the policies take turns
+ * within a round, so host noise hits them alike. "(lookup)" is a plain
+ * kvdex_lookup() of the same chain. "kvdex+spec" is the kvdex policy
+ * publishing speculative entries (one more exchange per decision); it runs
+ * alone afterwards, since its entries change what the others would read.
  * The policy step alone (kvdex_router_decide on the last snapshot) is timed
  * too, so the lookup's share is visible, and so is the thread CPU time per
  * decision (cpu_us: unlike wall time, not inflated by preemption on a busy
@@ -44,6 +47,7 @@
 #define POL_EVICT_EVERY 8u
 #define POL_EVICT_BLOCKS 64u
 #define POL_BLOCK_SIZE 16u
+#define POL_WARMUP 100u /* untimed rounds first */
 
 struct pol_opts {
 	uint64_t workers;
@@ -317,98 +321,118 @@ pol_decide_ns(struct kvdex_router *r, const struct pol_opts *o, const struct kvd
 	return (double)total / n;
 }
 
-static int
-pol_route_one(const struct pol_opts *o, struct pol_data *d, enum kvdex_route_policy p, bool spec)
-{
-	struct kvdex_route_cand cand[POL_MAX_WORKERS];
-	struct kvdex_bench_lat lat = {0};
-	struct kvdex_route_decision dec;
-	struct kvdex_route_opts ro;
-	struct kvdex_router *r = NULL;
-	uint64_t rts = 0, chosen_hits = 0, cpu = 0;
-	int rc;
+/* One row of the routing table: a policy's router (or the plain lookup) and
+ * what its timed decisions measured. */
+struct pol_row {
+	const char *name;
+	bool lookup_only;
+	struct kvdex_router *r;
+	struct kvdex_bench_lat lat;
+	uint64_t rts, hits, cpu;
+	struct kvdex_route_cand last[POL_MAX_WORKERS]; /* the last snapshot */
+};
 
+static int
+pol_row_init(const struct pol_opts *o, struct pol_row *row, enum kvdex_route_policy p, bool spec)
+{
+	struct kvdex_route_opts ro;
+
+	memset(row, 0, sizeof(*row));
+	row->name = spec ? "kvdex+spec" : kvdex_route_policy_name(p);
 	kvdex_route_opts_init(&ro, sizeof(ro));
 	ro.policy = p;
 	ro.seed = o->seed;
 	ro.speculate = spec;
-	rc = kvdex_router_create(&ro, &r);
-	for (uint64_t k = 0; rc == 0 && k < o->decisions + 100; k++) {
-		const uint64_t *keys =
-			d->keys + kvdex_bench_rng_below(&d->rng, o->chains) * o->blocks;
-		uint64_t t0, c0;
+	return kvdex_router_create(&ro, &row->r);
+}
 
-		pol_cands(o, cand);
-		c0 = kvdex_bench_thread_cpu_ns();
-		t0 = kvdex_bench_now_ns();
-		rc = kvdex_route(r, d->c, d->ns, keys, o->blocks, 0, cand, o->workers, &dec);
-		if (rc == 0 && k >= 100) { /* the first 100 warm up */
-			rc = kvdex_bench_lat_add(&lat, kvdex_bench_now_ns() - t0);
-			cpu += kvdex_bench_thread_cpu_ns() - c0;
-			rts += dec.round_trips;
-			chosen_hits += cand[0].matched;
-		}
-		if (rc == 0 && spec && dec.spec_error != 0) {
-			rc = dec.spec_error;
-		}
-		if (rc == 0) {
-			rc = kvdex_route_done(r, dec.ticket, 50.0);
-		}
-	}
-	if (rc == 0) {
-		kvdex_bench_lat_sort(&lat);
-		printf("%-11s %8.2f %8.2f %8.2f %8.2f %8.2f %10.0f %8.3f %9.1f\n",
-		       spec ? "kvdex+spec" : kvdex_route_policy_name(p),
-		       kvdex_bench_lat_pct(&lat, 0.5) / 1e3, kvdex_bench_lat_pct(&lat, 0.99) / 1e3,
-		       kvdex_bench_lat_mean(&lat) / 1e3,
-		       (double)kvdex_bench_lat_pct(&lat, 1.0) / 1e3,
-		       (double)cpu / o->decisions / 1e3, pol_decide_ns(r, o, cand),
-		       (double)rts / o->decisions, (double)chosen_hits / o->decisions);
+/* One decision (or plain lookup) of a row on chain `keys`; timed unless
+ * warming up. */
+static int
+pol_row_step(const struct pol_opts *o, struct pol_data *d, struct pol_row *row,
+	     const uint64_t *keys, bool timed)
+{
+	struct kvdex_holding hold[POL_MAX_WORKERS];
+	struct kvdex_lookup_result res = {.holdings = hold, .cap = POL_MAX_WORKERS};
+	struct kvdex_route_decision dec = {0};
+	uint64_t t0, c0, t1;
+	int rc;
+
+	pol_cands(o, row->last);
+	c0 = kvdex_bench_thread_cpu_ns();
+	t0 = kvdex_bench_now_ns();
+	if (row->lookup_only) {
+		rc = kvdex_lookup(d->c, d->ns, keys, o->blocks, 0, &res);
+		dec.round_trips = res.round_trips;
 	} else {
-		fprintf(stderr, "route (%s): %s (%s)\n", kvdex_route_policy_name(p), strerror(-rc),
+		rc = kvdex_route(row->r, d->c, d->ns, keys, o->blocks, 0, row->last, o->workers,
+				 &dec);
+	}
+	t1 = kvdex_bench_now_ns();
+	if (rc == 0 && timed) {
+		rc = kvdex_bench_lat_add(&row->lat, t1 - t0);
+		row->cpu += kvdex_bench_thread_cpu_ns() - c0;
+		row->rts += dec.round_trips;
+		row->hits += row->lookup_only ? 0 : row->last[0].matched;
+	}
+	if (rc == 0 && !row->lookup_only) {
+		rc = dec.spec_error != 0 ? dec.spec_error
+					 : kvdex_route_done(row->r, dec.ticket, 50.0);
+	}
+	if (rc < 0) {
+		fprintf(stderr, "%s: %s (%s)\n", row->name, strerror(-rc),
 			kvdex_client_last_error(d->c));
 	}
-	kvdex_bench_lat_fini(&lat);
-	kvdex_router_destroy(r);
 	return rc;
 }
 
-/* The lookup alone (no load rows, no policy), on the same chains: the floor
- * under every policy's figure. */
-static int
-pol_lookup_only(const struct pol_opts *o, struct pol_data *d)
+static void
+pol_row_print(const struct pol_opts *o, struct pol_row *row)
 {
-	struct kvdex_holding hold[POL_MAX_WORKERS];
-	struct kvdex_bench_lat lat = {0};
-	uint64_t rts = 0, cpu = 0;
+	char decide[32] = "-", matched[32] = "-";
+
+	kvdex_bench_lat_sort(&row->lat);
+	if (!row->lookup_only) {
+		snprintf(decide, sizeof(decide), "%.0f", pol_decide_ns(row->r, o, row->last));
+		snprintf(matched, sizeof(matched), "%.1f", (double)row->hits / o->decisions);
+	}
+	printf("%-11s %8.2f %8.2f %8.2f %8.2f %8.2f %10s %8.3f %9s\n",
+	       row->lookup_only ? "(lookup)" : row->name, kvdex_bench_lat_pct(&row->lat, 0.5) / 1e3,
+	       kvdex_bench_lat_pct(&row->lat, 0.99) / 1e3, kvdex_bench_lat_mean(&row->lat) / 1e3,
+	       (double)kvdex_bench_lat_pct(&row->lat, 1.0) / 1e3,
+	       (double)row->cpu / o->decisions / 1e3, decide, (double)row->rts / o->decisions,
+	       matched);
+}
+
+static void
+pol_row_fini(struct pol_row *row)
+{
+	kvdex_bench_lat_fini(&row->lat);
+	kvdex_router_destroy(row->r);
+}
+
+/*
+ * Run rows[0, n) interleaved: every round draws one chain and gives it to
+ * each row in turn, starting one row later each round. A host that slows
+ * down for a while (this bench runs on shared VMs) then slows every row
+ * alike, instead of whichever policy happened to run then; the rows compare.
+ */
+static int
+pol_rows_run(const struct pol_opts *o, struct pol_data *d, struct pol_row *rows, unsigned n)
+{
 	int rc = 0;
 
-	for (uint64_t k = 0; rc == 0 && k < o->decisions + 100; k++) {
+	for (uint64_t k = 0; rc == 0 && k < o->decisions + POL_WARMUP; k++) {
 		const uint64_t *keys =
 			d->keys + kvdex_bench_rng_below(&d->rng, o->chains) * o->blocks;
-		struct kvdex_lookup_result res = {.holdings = hold, .cap = POL_MAX_WORKERS};
-		uint64_t t0, c0;
 
-		c0 = kvdex_bench_thread_cpu_ns();
-		t0 = kvdex_bench_now_ns();
-		rc = kvdex_lookup(d->c, d->ns, keys, o->blocks, 0, &res);
-		if (rc == 0 && k >= 100) {
-			rc = kvdex_bench_lat_add(&lat, kvdex_bench_now_ns() - t0);
-			cpu += kvdex_bench_thread_cpu_ns() - c0;
-			rts += res.round_trips;
+		for (unsigned i = 0; i < n && rc == 0; i++) {
+			rc = pol_row_step(o, d, &rows[(i + k) % n], keys, k >= POL_WARMUP);
 		}
 	}
-	if (rc == 0) {
-		kvdex_bench_lat_sort(&lat);
-		printf("%-11s %8.2f %8.2f %8.2f %8.2f %8.2f %10s %8.3f %9s\n", "(lookup)",
-		       kvdex_bench_lat_pct(&lat, 0.5) / 1e3, kvdex_bench_lat_pct(&lat, 0.99) / 1e3,
-		       kvdex_bench_lat_mean(&lat) / 1e3,
-		       (double)kvdex_bench_lat_pct(&lat, 1.0) / 1e3,
-		       (double)cpu / o->decisions / 1e3, "-", (double)rts / o->decisions, "-");
-	} else {
-		fprintf(stderr, "lookup: %s (%s)\n", strerror(-rc), kvdex_client_last_error(d->c));
+	for (unsigned i = 0; i < n && rc == 0; i++) {
+		pol_row_print(o, &rows[i]);
 	}
-	kvdex_bench_lat_fini(&lat);
 	return rc;
 }
 
@@ -416,21 +440,39 @@ static int
 pol_route_all(const struct pol_opts *o, const char *servers)
 {
 	struct pol_data d = {.rng = {o->seed}};
+	struct pol_row rows[KVDEX_ROUTE_NPOLICIES + 1];
+	struct pol_row spec;
+	unsigned n = 0;
 	int rc = pol_setup(o, servers, &d);
 
 	if (rc == 0) {
 		printf("\nrouting: %" PRIu64 " candidates, %" PRIu64 "-block prompts (%u tokens), "
-		       "%" PRIu64 " chains held by 1..3 workers in random tiers, shm\n",
+		       "%" PRIu64 " chains held by 1..3 workers in random tiers, shm; "
+		       "rows interleaved\n",
 		       o->workers, o->blocks, (unsigned)(o->blocks * POL_BLOCK_SIZE), o->chains);
 		printf("%-11s %8s %8s %8s %8s %8s %10s %8s %9s\n", "policy", "p50_us", "p99_us",
 		       "mean_us", "max_us", "cpu_us", "decide_ns", "rt/dec", "matched");
-		rc = pol_lookup_only(o, &d);
+		memset(&rows[0], 0, sizeof(rows[0]));
+		rows[n++].lookup_only = true;
 	}
 	for (unsigned p = 0; p < KVDEX_ROUTE_NPOLICIES && rc == 0; p++) {
-		rc = pol_route_one(o, &d, (enum kvdex_route_policy)p, false);
+		rc = pol_row_init(o, &rows[n], (enum kvdex_route_policy)p, false);
+		n += rc == 0;
 	}
 	if (rc == 0) {
-		rc = pol_route_one(o, &d, KVDEX_ROUTE_KVDEX, true);
+		rc = pol_rows_run(o, &d, rows, n);
+	}
+	/* Speculative entries change what the other rows would read: alone,
+	 * after them. */
+	if (rc == 0) {
+		rc = pol_row_init(o, &spec, KVDEX_ROUTE_KVDEX, true);
+		if (rc == 0) {
+			rc = pol_rows_run(o, &d, &spec, 1);
+			pol_row_fini(&spec);
+		}
+	}
+	for (unsigned i = 0; i < n; i++) {
+		pol_row_fini(&rows[i]);
 	}
 	kvdex_client_destroy(d.c);
 	free(d.keys);
