@@ -30,7 +30,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,18 +42,17 @@ enum { SGL_IMBALANCE = 0, SGL_MATCH = 1, SGL_SMALLEST_TREE = 2 };
  * only when asked for (kvdex_route_reason): formatting floating-point figures
  * on every decision cost as much as the policy itself. */
 static void
-why_set(struct kvdex_route_why *why, unsigned variant, unsigned n, ...)
+why_fill(struct kvdex_route_why *why, unsigned variant, const double *v, unsigned n)
 {
-	va_list ap;
-
 	why->variant = (uint8_t)variant;
-	why->nvals = (uint16_t)n;
-	va_start(ap, n);
-	for (unsigned i = 0; i < n && i < KVDEX_ROUTE_WHY_VALS; i++) {
-		why->v[i] = va_arg(ap, double);
-	}
-	va_end(ap);
+	why->nvals = (uint16_t)(n < KVDEX_ROUTE_WHY_VALS ? n : KVDEX_ROUTE_WHY_VALS);
+	memcpy(why->v, v, why->nvals * sizeof(v[0]));
 }
+
+/* why_set(why, variant, figures...): every figure converted to double. */
+#define why_set(why, variant, ...)                                                                 \
+	why_fill((why), (variant), (const double[]){__VA_ARGS__},                                  \
+		 (unsigned)(sizeof((double[]){__VA_ARGS__}) / sizeof(double)))
 
 KVDEX_EXPORT int
 kvdex_route_reason(const struct kvdex_route_decision *d, char *buf, size_t len)
@@ -118,7 +116,7 @@ pol_random(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 	for (size_t i = 0; i < n; i++) {
 		c[i].score = i == v->best ? 1.0 : 0.0;
 	}
-	why_set(why, 0, 2, (double)v->best, (double)n);
+	why_set(why, 0, (double)v->best, (double)n);
 }
 
 static void
@@ -131,7 +129,7 @@ pol_round_robin(struct kvdex_router *r, const struct kvdex_route_req *q, struct 
 	for (size_t i = 0; i < n; i++) {
 		c[i].score = (double)((i + n - v->best) % n); /* turns until its go */
 	}
-	why_set(why, 0, 2, (double)v->best, (double)n);
+	why_set(why, 0, (double)v->best, (double)n);
 }
 
 static void
@@ -150,7 +148,7 @@ pol_least_load(struct kvdex_router *r, const struct kvdex_route_req *q, struct k
 		}
 	}
 
-	why_set(why, 0, 1, c[v->best].score);
+	why_set(why, 0, c[v->best].score);
 }
 
 /* ---- SGLang 0.4.6 cache_aware ------------------------------------------------------ */
@@ -180,7 +178,7 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			c[i].score = kvdex_route_worker(r, i)->sgl_running;
 			v->best = c[i].score < c[v->best].score ? i : v->best;
 		}
-		why_set(why, SGL_IMBALANCE, 2, (double)mx, (double)mn);
+		why_set(why, SGL_IMBALANCE, (double)mx, (double)mn);
 		return;
 	}
 	kvdex_route_view(q, &c[deep], &view);
@@ -190,7 +188,7 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			c[i].score = c[i].matched;
 		}
 		v->best = deep;
-		why_set(why, SGL_MATCH, 3, (double)view.matched_tokens, (double)view.tokens,
+		why_set(why, SGL_MATCH, (double)view.matched_tokens, (double)view.tokens,
 			o->cache_threshold);
 		return;
 	}
@@ -200,7 +198,7 @@ pol_sglang(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 		c[i].score = (double)kvdex_route_worker(r, i)->sgl_tree_blocks;
 		v->best = c[i].score < c[v->best].score ? i : v->best;
 	}
-	why_set(why, SGL_SMALLEST_TREE, 4, (double)view.matched_tokens, (double)view.tokens,
+	why_set(why, SGL_SMALLEST_TREE, (double)view.matched_tokens, (double)view.tokens,
 		o->cache_threshold, c[v->best].score);
 }
 
@@ -266,7 +264,7 @@ pol_dynamo(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex
 			}
 		}
 	}
-	why_set(why, 0, 3, c[v->best].score, dyn_credit(o, &c[v->best]),
+	why_set(why, 0, c[v->best].score, dyn_credit(o, &c[v->best]),
 		kvdex_route_worker(r, v->best)->dyn_decode + q->nblocks);
 }
 
@@ -323,7 +321,7 @@ pol_llmd(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	why_set(why, 0, 2, best, llmd_prefix(o, &c[v->best]));
+	why_set(why, 0, best, llmd_prefix(o, &c[v->best]));
 }
 
 /* ---- LBGR ------------------------------------------------------------------------------------ */
@@ -383,7 +381,7 @@ pol_lbgr(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_r
 			v->best = i;
 		}
 	}
-	why_set(why, 0, 4, c[v->best].score, lbgr_base(r, q, &c[v->best]),
+	why_set(why, 0, c[v->best].score, lbgr_base(r, q, &c[v->best]),
 		(double)kvdex_route_worker(r, v->best)->lbgr_load,
 		kvdex_route_worker(r, v->best)->lbgr_theta);
 }
@@ -552,8 +550,8 @@ pol_kvdex(struct kvdex_router *r, const struct kvdex_route_req *q, struct kvdex_
 		}
 	}
 	kvdex_ttft(r, q, &c[v->best], kvdex_route_worker(r, v->best), mw, &bt);
-	why_set(why, 0, 8, bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty,
-		bt.affinity, (double)outside);
+	why_set(why, 0, bt.total, bt.queue, bt.prefill, bt.fetch, bt.spec, bt.penalty, bt.affinity,
+		(double)outside);
 }
 
 const route_policy_fn kvdex_route_policies[KVDEX_ROUTE_NPOLICIES] = {
