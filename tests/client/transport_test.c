@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <criterion/new/assert.h>
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,10 @@ peer_main(void *arg)
 		for (int i = 200; i < 8192; i++) {
 			m[i] = (uint8_t)i;
 		}
+		/* A bucket at 1024 whose header says 40 bytes of records are used
+		 * (the rest is the pattern, as stale bytes would be). */
+		m[1024 + offsetof(struct kvdex_bucket_hdr, used)] = 40;
+		m[1024 + offsetof(struct kvdex_bucket_hdr, used) + 1] = 0;
 		/* A valid header saying only 4096 bytes are readable. */
 		{
 			struct kvdex_region_hdr *hd = (struct kvdex_region_hdr *)m;
@@ -310,6 +315,46 @@ Test(transport, shm_fd_passing_and_range)
 	cr_assert(eq(int, ops[0].status, 0));
 	cr_assert(eq(int, ops[1].status, -ERANGE));
 	check_pattern(buf, 256, 256);
+	conn->ops->close(conn);
+	peer_stop(&p);
+}
+
+/* 3b: a bucket read (KVDEX_READ_BUCKET) copies only what the bucket seals,
+ * its header and `used` record bytes; a plain read of the same place copies
+ * all of it. */
+Test(transport, shm_bucket_read_stops_at_used)
+{
+	static uint8_t buf[256] __attribute__((aligned(64)));
+	struct kvdex_read_op op = {.off = 1024, .len = 256, .buf = buf, .flags = KVDEX_READ_BUCKET};
+	const size_t sealed = KVDEX_BUCKET_HDR_SIZE + 40;
+	struct kvdex_endpoint ep;
+	struct kvdex_conn *conn;
+	struct kvdex_msg m;
+	struct peer p;
+
+	peer_start(&p, 2, &ep);
+	cr_assert(eq(int, kvdex_transport_shm.connect(&ep, 2000, &conn), 0));
+	cr_assert(eq(int, conn->ops->send_msg(conn, KVDEX_MSG_HELLO, 1, "", 0), 0));
+	cr_assert(eq(int, conn->ops->recv_msg(conn, &m, 2000), 0));
+	cr_assert(eq(int, conn->ops->attach_region(conn, m.fd, 1 << 20), 0));
+	close(m.fd);
+	memset(buf, 0xee, sizeof(buf));
+	cr_assert(eq(int, conn->ops->post_reads(conn, &op, 1), 0));
+	cr_assert(eq(int, op.status, 0));
+	cr_assert(eq(sz, kvdex_bucket_sealed_len(buf, 256), sealed));
+	for (size_t b = 0; b < sizeof(buf); b++) {
+		if (b >= sealed) {
+			cr_assert(eq(u8, buf[b], 0xee), "byte %zu copied past the sealed length",
+				  b);
+		} else if (b != offsetof(struct kvdex_bucket_hdr, used) &&
+			   b != offsetof(struct kvdex_bucket_hdr, used) + 1) {
+			cr_assert(eq(u8, buf[b], (uint8_t)(1024 + b)), "byte %zu", b);
+		}
+	}
+	op.flags = 0;
+	memset(buf, 0xee, sizeof(buf));
+	cr_assert(eq(int, conn->ops->post_reads(conn, &op, 1), 0));
+	check_pattern(buf + sealed, 1024 + sealed, (uint32_t)(sizeof(buf) - sealed));
 	conn->ops->close(conn);
 	peer_stop(&p);
 }
