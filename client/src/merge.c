@@ -103,7 +103,8 @@ merge_new(struct kvdex_merge *m, const struct kvdex_worker_row *row)
  * whether every copy is speculative.
  */
 static int
-merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row, const struct kvdex_holder *h)
+merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row,
+	     const struct kvdex_holder *h)
 {
 	struct kvdex_merge_worker *w = NULL;
 	unsigned tier = kvdex_holder_tier(h);

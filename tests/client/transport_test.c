@@ -288,6 +288,26 @@ Test(transport, tcp_read_reply_during_recv)
 	peer_stop(&p);
 }
 
+/* A shm connection to peer script 2, its region (the memfd that came with the
+ * Hello reply) attached. */
+static struct kvdex_conn *
+shm_attached(struct peer *p)
+{
+	struct kvdex_endpoint ep;
+	struct kvdex_conn *conn;
+	struct kvdex_msg m;
+
+	peer_start(p, 2, &ep);
+	cr_assert(eq(int, kvdex_transport_shm.connect(&ep, 2000, &conn), 0));
+	cr_assert(eq(int, conn->ops->send_msg(conn, KVDEX_MSG_HELLO, 1, "", 0), 0));
+	cr_assert(eq(int, conn->ops->recv_msg(conn, &m, 2000), 0));
+	cr_assert(eq(u16, m.type, KVDEX_MSG_HELLO_REPLY));
+	cr_assert(ge(int, m.fd, 0));
+	cr_assert(eq(int, conn->ops->attach_region(conn, m.fd, 1 << 20), 0));
+	close(m.fd);
+	return conn;
+}
+
 /* 3: shm gets the memfd with the Hello reply, maps it, and refuses reads past
  * the header's region_size with -ERANGE (never SIGBUS, never past it). */
 Test(transport, shm_fd_passing_and_range)
@@ -297,19 +317,10 @@ Test(transport, shm_fd_passing_and_range)
 		{.off = 256, .len = 256, .buf = buf},
 		{.off = 4000, .len = 256, .buf = buf},
 	};
-	struct kvdex_endpoint ep;
 	struct kvdex_conn *conn;
-	struct kvdex_msg m;
 	struct peer p;
 
-	peer_start(&p, 2, &ep);
-	cr_assert(eq(int, kvdex_transport_shm.connect(&ep, 2000, &conn), 0));
-	cr_assert(eq(int, conn->ops->send_msg(conn, KVDEX_MSG_HELLO, 1, "", 0), 0));
-	cr_assert(eq(int, conn->ops->recv_msg(conn, &m, 2000), 0));
-	cr_assert(eq(u16, m.type, KVDEX_MSG_HELLO_REPLY));
-	cr_assert(ge(int, m.fd, 0));
-	cr_assert(eq(int, conn->ops->attach_region(conn, m.fd, 1 << 20), 0));
-	close(m.fd);
+	conn = shm_attached(&p);
 	cr_assert(eq(int, conn->ops->post_reads(conn, ops, 2), 0));
 	cr_assert(eq(int, conn->ops->poll_reads(conn, 0), 0));
 	cr_assert(eq(int, ops[0].status, 0));
@@ -327,17 +338,10 @@ Test(transport, shm_bucket_read_stops_at_used)
 	static uint8_t buf[256] __attribute__((aligned(64)));
 	struct kvdex_read_op op = {.off = 1024, .len = 256, .buf = buf, .flags = KVDEX_READ_BUCKET};
 	const size_t sealed = KVDEX_BUCKET_HDR_SIZE + 40;
-	struct kvdex_endpoint ep;
 	struct kvdex_conn *conn;
-	struct kvdex_msg m;
 	struct peer p;
 
-	peer_start(&p, 2, &ep);
-	cr_assert(eq(int, kvdex_transport_shm.connect(&ep, 2000, &conn), 0));
-	cr_assert(eq(int, conn->ops->send_msg(conn, KVDEX_MSG_HELLO, 1, "", 0), 0));
-	cr_assert(eq(int, conn->ops->recv_msg(conn, &m, 2000), 0));
-	cr_assert(eq(int, conn->ops->attach_region(conn, m.fd, 1 << 20), 0));
-	close(m.fd);
+	conn = shm_attached(&p);
 	memset(buf, 0xee, sizeof(buf));
 	cr_assert(eq(int, conn->ops->post_reads(conn, &op, 1), 0));
 	cr_assert(eq(int, op.status, 0));
