@@ -242,7 +242,7 @@ Test(lookup, stale_generation_after_resize)
 		tr_build_bucket(R.mem + kvdex_home_offset(&og, i), 256, 1, i, 1, 0,
 				KVDEX_BUCKET_HOME | KVDEX_BUCKET_RETIRED, NULL, 0);
 		kvdex_bucket_seal(R.mem + kvdex_home_offset(&og, i), 256, R.geo.hash_seed,
-				 kvdex_home_offset(&og, i));
+				  kvdex_home_offset(&og, i));
 	}
 	cr_assert(eq(int, kvdex_lookup(c, 0, &key, 1, 0, &res), 0));
 	cr_assert(eq(u32, res.round_trips, 2));

@@ -559,7 +559,8 @@ Test(index, resize_preserves_and_retires)
 			struct kvdex_bucket_hdr bh;
 
 			cr_assert(kvdex_block_valid(
-				rg->base + off, kvdex_bucket_sealed_len(rg->base + off, g0.bucket_size),
+				rg->base + off,
+				kvdex_bucket_sealed_len(rg->base + off, g0.bucket_size),
 				g0.hash_seed, off));
 			cr_assert(eq(int, kvdex_bucket_check(rg->base + off, &g0, off),
 				     KVDEX_BUCKET_STALE));

@@ -197,7 +197,9 @@ Test(validate, offset_bound)
 		make_bucket(img, &g, a);
 		cr_assert(eq(i32, kvdex_bucket_check(img, &g, a), KVDEX_BUCKET_OK));
 		for (size_t j = 0; j < sizeof(others) / sizeof(others[0]); j++) {
-			cr_assert(not(kvdex_block_valid(img, kvdex_bucket_sealed_len(img, g.bucket_size), SEED, others[j])));
+			cr_assert(not(kvdex_block_valid(img,
+							kvdex_bucket_sealed_len(img, g.bucket_size),
+							SEED, others[j])));
 			cr_assert(
 				eq(i32, kvdex_bucket_check(img, &g, others[j]), KVDEX_BUCKET_TORN));
 		}
