@@ -690,6 +690,25 @@ bl_synth_row(struct bl_run *r, struct bl_row *row)
 	return rc;
 }
 
+/* Trace request i's lookup, timed into r->lat and checked against exp (and
+ * the reference ref); counted in c. */
+static int
+bl_trace_lookup(struct bl_run *r, struct bl_row *row, struct bl_cell *c, size_t i,
+		struct bl_ref *ref, const struct bl_answer *exp)
+{
+	const struct bl_trace_req *q = &r->t.req[i];
+	struct bl_answer got;
+	uint64_t s = kvdex_bench_now_ns();
+	int rc = row->sys.ops->lookup(&row->sys, &r->t.keys[q->koff], q->n, &got);
+
+	if (rc) {
+		return bl_lookup_failed(row, rc);
+	}
+	rc = kvdex_bench_lat_add(&r->lat, kvdex_bench_now_ns() - s);
+	c->ops++;
+	return rc ? rc : bl_check(row, ref, i, &got, exp, c);
+}
+
 /* The trace's lookups again, in order, against the final index and with no
  * publishes in between: the server CPU of lookups alone. */
 static int
@@ -697,23 +716,14 @@ bl_trace_final(struct bl_run *r, struct bl_row *row)
 {
 	const struct bl_trace *t = &r->t;
 	struct bl_cell *c = &row->trace_final;
-	struct bl_answer got;
 	uint64_t t0;
 	int rc = 0;
 
 	kvdex_bench_lat_reset(&r->lat);
 	bl_cell_begin(row, c, &t0);
 	for (size_t i = 0; i < t->nreq && !rc; i++) {
-		const struct bl_trace_req *q = &t->req[i];
-		uint64_t s = kvdex_bench_now_ns();
-
-		rc = row->sys.ops->lookup(&row->sys, &t->keys[q->koff], q->n, &got);
-		if (rc) {
-			return bl_lookup_failed(row, rc);
-		}
-		rc = kvdex_bench_lat_add(&r->lat, kvdex_bench_now_ns() - s);
-		rc = rc ? rc : bl_check(row, &r->ref[BL_MAX_CHAINS + 2], i, &got, &q->exp_final, c);
-		c->ops++;
+		rc = bl_trace_lookup(r, row, c, i, &r->ref[BL_MAX_CHAINS + 2],
+				     &t->req[i].exp_final);
 	}
 	bl_cell_end(row, c, t0, &r->lat);
 	return rc;
@@ -725,7 +735,6 @@ bl_trace_row(struct bl_run *r, struct bl_row *row)
 {
 	const struct bl_trace *t = &r->t;
 	struct bl_cell *c = &row->trace;
-	struct bl_answer got;
 	uint64_t t0;
 	int rc = row->sys.ops->reset(&row->sys, t->st.nev + 1024);
 
@@ -735,15 +744,9 @@ bl_trace_row(struct bl_run *r, struct bl_row *row)
 	bl_cell_begin(row, c, &t0);
 	for (size_t i = 0; i < t->nreq && !rc; i++) {
 		const struct bl_trace_req *q = &t->req[i];
-		uint64_t s = kvdex_bench_now_ns();
+		uint64_t s;
 
-		rc = row->sys.ops->lookup(&row->sys, &t->keys[q->koff], q->n, &got);
-		if (rc) {
-			return bl_lookup_failed(row, rc);
-		}
-		rc = kvdex_bench_lat_add(&r->lat, kvdex_bench_now_ns() - s);
-		rc = rc ? rc : bl_check(row, &r->ref[BL_MAX_CHAINS + 1], i, &got, &q->exp, c);
-		c->ops++;
+		rc = bl_trace_lookup(r, row, c, i, &r->ref[BL_MAX_CHAINS + 1], &q->exp);
 		if (rc || q->nev == 0) {
 			continue;
 		}
