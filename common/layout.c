@@ -123,18 +123,6 @@ kvdex_hdr_check(const struct kvdex_region_hdr *hdr)
 	return 0;
 }
 
-size_t
-kvdex_bucket_sealed_len(const void *img, uint32_t bucket_size)
-{
-	uint16_t used;
-
-	memcpy(&used, (const uint8_t *)img + offsetof(struct kvdex_bucket_hdr, used), sizeof(used));
-	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
-		return bucket_size;
-	}
-	return KVDEX_BUCKET_HDR_SIZE + (size_t)used;
-}
-
 void
 kvdex_bucket_seal(void *img, uint32_t bucket_size, uint64_t seed, uint64_t off)
 {

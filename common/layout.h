@@ -288,7 +288,28 @@ enum kvdex_bucket_check kvdex_bucket_check(const void *img, const struct kvdex_g
  * `used` only makes the image fail validation. An image whose `used` is out of
  * range is checked over the whole bucket (it can then only be torn or corrupt).
  */
-size_t kvdex_bucket_sealed_len(const void *img, uint32_t bucket_size);
+static inline uint16_t
+kvdex_bucket_used(const void *img)
+{
+	uint16_t used;
+
+	memcpy(&used, (const uint8_t *)img + offsetof(struct kvdex_bucket_hdr, used),
+	       sizeof(used));
+	return used;
+}
+
+/* Inline: the shm transport and the bucket check run it for every bucket. */
+static inline size_t
+kvdex_bucket_sealed_len(const void *img, uint32_t bucket_size)
+{
+	uint16_t used = kvdex_bucket_used(img);
+
+	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
+		return bucket_size;
+	}
+	return KVDEX_BUCKET_HDR_SIZE + (size_t)used;
+}
+
 void kvdex_bucket_seal(void *img, uint32_t bucket_size, uint64_t seed, uint64_t off);
 
 /* ---- Records -------------------------------------------------------------- */
@@ -325,13 +346,9 @@ kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
 		  struct kvdex_record_view *rec)
 {
 	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE;
-	uint16_t used;
+	uint16_t used = kvdex_bucket_used(bucket_img);
 	size_t size;
 
-	/* Only `used` matters here; this runs once per record of every bucket a
-	 * lookup reads, so it does not copy the whole header. */
-	memcpy(&used, (const uint8_t *)bucket_img + offsetof(struct kvdex_bucket_hdr, used),
-	       sizeof(used));
 	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
 		return -EPROTO;
 	}

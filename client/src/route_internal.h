@@ -26,11 +26,6 @@
 /* kvdex policy: assignments remembered per worker to cover the gap between
  * a decision and the next load report that includes it. */
 #define ROUTE_RECENT 8u
-/* kvdex's latency bound (route_policy.c): below this share of candidates
- * with nothing queued the fleet counts as saturated and there is no bound;
- * a candidate outside the bound gets this added to its score. */
-#define KVDEX_BOUND_MIN_IDLE 0.02
-#define KVDEX_OUTSIDE_BOUND_MS 1e9
 /* ... and how long one counts when the worker's row has no age. */
 #define ROUTE_RECENT_MAX_MS 2000u
 

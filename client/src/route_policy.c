@@ -483,6 +483,12 @@ kvdex_miss_weight(const struct kvdex_router *r, const struct kvdex_route_cand *c
 	return 1.0 + (r->o.kvdex.miss_weight - 1.0) * (n ? (double)busy / (double)n : 1.0);
 }
 
+/* Below this share of candidates with nothing queued the fleet counts as
+ * saturated and there is no latency bound; a candidate outside the bound
+ * gets KVDEX_OUTSIDE_BOUND_MS added to its score. */
+#define KVDEX_BOUND_MIN_IDLE 0.02
+#define KVDEX_OUTSIDE_BOUND_MS 1e9
+
 /*
  * The latency bound (route.h, docs/ROUTING.md): how far above the best
  * candidate's own TTFT estimate (miss weight 1) a candidate may be and still
