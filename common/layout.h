@@ -293,8 +293,7 @@ kvdex_bucket_used(const void *img)
 {
 	uint16_t used;
 
-	memcpy(&used, (const uint8_t *)img + offsetof(struct kvdex_bucket_hdr, used),
-	       sizeof(used));
+	memcpy(&used, (const uint8_t *)img + offsetof(struct kvdex_bucket_hdr, used), sizeof(used));
 	return used;
 }
 
