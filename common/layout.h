@@ -334,6 +334,24 @@ struct kvdex_record_view {
 };
 
 /*
+ * The record at offset `pos` of an image's record area, with no checks: only
+ * for a record kvdex_record_next() has already accepted in the same bytes.
+ */
+static inline void
+kvdex_record_at(const void *bucket_img, size_t pos, struct kvdex_record_view *rec)
+{
+	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE + pos;
+
+	memcpy(&rec->hdr, area, sizeof(rec->hdr));
+	rec->size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
+	/* Records start 8-byte aligned within an aligned image, so the views
+	 * below are properly aligned for their types. */
+	rec->holders = (const struct kvdex_holder *)(area + KVDEX_RECORD_HDR_SIZE);
+	rec->locs = (const struct kvdex_loc *)(area + rec->size -
+					       (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
+}
+
+/*
  * Iterate over the records of a validated bucket image. `*pos` starts at 0.
  * Returns 1 with *rec filled, 0 at the end, -EPROTO if the image is malformed
  * (a record runs past `used`, counts out of range).
@@ -365,12 +383,7 @@ kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
 	if (size > used - *pos) {
 		return -EPROTO;
 	}
-	/* Records start 8-byte aligned within an aligned image, so the views
-	 * below are properly aligned for their types. */
-	rec->holders = (const struct kvdex_holder *)(area + *pos + KVDEX_RECORD_HDR_SIZE);
-	rec->locs = (const struct kvdex_loc *)(area + *pos + size -
-					       (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
-	rec->size = size;
+	kvdex_record_at(bucket_img, *pos, rec);
 	*pos += size;
 	return 1;
 }

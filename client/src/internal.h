@@ -92,8 +92,9 @@ struct kvdex_merge_block {
 	unsigned nimgs;
 	/* Where the key's records are, when the reader already knows (it found
 	 * them while deciding whether to follow the chain): rec_img[i] is an
-	 * image and rec_pos[i] the record's offset in its record area. Without
-	 * recs_known the merge scans every image of the chain. */
+	 * image and rec_pos[i] the offset in its record area of a record that
+	 * kvdex_record_next() accepted and whose key and ns are the block's.
+	 * Without recs_known the merge scans every image of the chain. */
 	bool recs_known;
 	unsigned nrecs;
 	const void *rec_img[KVDEX_MERGE_MAX_RECS];
@@ -133,7 +134,11 @@ void kvdex_merge_fini(struct kvdex_merge *m);
 /* Merge the next block of the chain. 0, -EPROTO (malformed record), -ENOMEM. */
 int kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b);
 /* Can a later block still change the result? */
-bool kvdex_merge_alive(const struct kvdex_merge *m);
+static inline bool
+kvdex_merge_alive(const struct kvdex_merge *m)
+{
+	return m->pos == 0 || m->nalive > 0;
+}
 /* Sort and write the rows, best, longest, fused into res. */
 void kvdex_merge_finish(struct kvdex_merge *m, struct kvdex_lookup_result *res);
 

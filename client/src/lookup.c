@@ -243,13 +243,19 @@ lk_slot_ptr(struct kvdex_lookup_scratch *lk, uint32_t slot)
 	return lk->pool + (size_t)slot * lk->slot_size;
 }
 
-/* A new slot; may move the pool (callers re-derive pointers afterwards). */
+/* Room for n more slots; may move the pool (callers re-derive pointers
+ * afterwards). A round reserves all its slots before planning. */
 static int
-lk_slot_alloc(struct kvdex_lookup_scratch *lk, uint32_t *slot)
+lk_slots_reserve(struct kvdex_lookup_scratch *lk, uint32_t n)
 {
-	if (lk->nslots == lk->capslots) {
-		uint32_t ncap = lk->capslots != 0 ? lk->capslots * 2 : 128;
-		uint8_t *np = kvdex_aligned_alloc((size_t)ncap * lk->slot_size);
+	if (lk->capslots - lk->nslots < n) {
+		uint32_t ncap = lk->capslots != 0 ? lk->capslots : 128;
+		uint8_t *np;
+
+		while (ncap - lk->nslots < n) {
+			ncap *= 2;
+		}
+		np = kvdex_aligned_alloc((size_t)ncap * lk->slot_size);
 
 		if (np == NULL) {
 			return -ENOMEM;
@@ -261,8 +267,14 @@ lk_slot_alloc(struct kvdex_lookup_scratch *lk, uint32_t *slot)
 		lk->pool = np;
 		lk->capslots = ncap;
 	}
-	*slot = lk->nslots++;
 	return 0;
+}
+
+/* A reserved slot. */
+static uint32_t
+lk_slot_take(struct kvdex_lookup_scratch *lk)
+{
+	return lk->nslots++;
 }
 
 static int
@@ -785,19 +797,14 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 /* ---- Rounds --------------------------------------------------------------------- */
 
 /* The header op of server s's round: the first op. */
-static int
+static void
 lk_plan_hdr(struct kvdex_lookup_scratch *lk, unsigned base)
 {
-	int rc = lk_slot_alloc(lk, &lk->op_slot[base]);
-
-	if (rc < 0) {
-		return rc;
-	}
+	lk->op_slot[base] = lk_slot_take(lk);
 	lk->op_chain[base] = LK_OP_HDR;
 	lk->ops[base].off = 0;
 	lk->ops[base].len = KVDEX_HDR_SIZE;
 	lk->ops[base].flags = 0;
-	return 0;
 }
 
 /* Fresh loads: append reads of server s's worker rows to its round. */
@@ -809,10 +816,7 @@ lk_plan_rows(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s
 	int rc;
 
 	if (*n == 0) {
-		rc = lk_plan_hdr(lk, base);
-		if (rc < 0) {
-			return rc;
-		}
+		lk_plan_hdr(lk, base);
 		*n = 1;
 	}
 	if (!lk->rows_pending[s]) {
@@ -831,33 +835,28 @@ lk_plan_rows(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s
 	return 0;
 }
 
+/* Plan server s's ops of the round; the slots are reserved. */
 static int
 lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s)
 {
 	unsigned base = s * OPS_PER_SRV;
+	const struct kvdex_geometry *g = &c->srv[s].geo;
 	unsigned n = 0;
 	int rc;
 
 	lk->srv_nops[s] = 0;
 	for (unsigned k = 0; k < lk->nchains; k++) {
 		const struct lk_chain *ch = &lk->chains[k];
-		const struct kvdex_geometry *g = &c->srv[s].geo;
 
 		if (ch->srv != s || ch->state == LK_DONE) {
 			continue;
 		}
 		if (n == 0) {
 			/* The header rides in every round of a server. */
-			rc = lk_plan_hdr(lk, base);
-			if (rc < 0) {
-				return rc;
-			}
+			lk_plan_hdr(lk, base);
 			n = 1;
 		}
-		rc = lk_slot_alloc(lk, &lk->op_slot[base + n]);
-		if (rc < 0) {
-			return rc;
-		}
+		lk->op_slot[base + n] = lk_slot_take(lk);
 		lk->op_chain[base + n] = (int)k;
 		lk->ops[base + n].off = ch->state == LK_HOME
 						? kvdex_home_offset(g, ch->home)
@@ -1069,6 +1068,11 @@ lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, 
 	bool replan = false;
 	int rc;
 
+	/* A header per server and a bucket per chain at most. */
+	rc = lk_slots_reserve(lk, c->nsrv + lk->nchains);
+	if (rc < 0) {
+		return rc;
+	}
 	for (unsigned s = 0; s < c->nsrv; s++) {
 		rc = lk_plan_server(c, lk, s);
 		if (rc < 0) {

@@ -140,18 +140,14 @@ merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row,
 	return 0;
 }
 
-/* Fold one record of the block's chain, if it is the block's. *exact counts
- * its visible exact holders; *fused is set by a visible FUSED holder. */
+/* Fold one record of block b. *exact counts its visible exact holders;
+ * *fused is set by a visible FUSED holder. */
 static int
-merge_record(struct kvdex_merge *m, const struct kvdex_merge_block *b,
+merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
 	     const struct kvdex_record_view *rec, unsigned *exact, bool *fused)
 {
-	const struct kvdex_merge_srv *srv = b->srv;
 	const struct kvdex_holder *h = rec->holders;
 
-	if (rec->hdr.key != b->key || rec->hdr.ns != srv->ns_id) {
-		return 0;
-	}
 	for (unsigned j = 0; j < rec->hdr.nholders; j++) {
 		const struct kvdex_worker_row *row = merge_visible(m, srv, &h[j]);
 		int rc;
@@ -173,8 +169,8 @@ merge_record(struct kvdex_merge *m, const struct kvdex_merge_block *b,
 	return 0;
 }
 
-/* Fold every record of block b: at known positions, or by scanning its
- * chain's images. */
+/* Fold every record of block b: those the reader found (already walked and
+ * matched to the key), or those found by scanning its chain's images. */
 static int
 merge_records(struct kvdex_merge *m, const struct kvdex_merge_block *b, unsigned *exact,
 	      bool *fused)
@@ -185,13 +181,8 @@ merge_records(struct kvdex_merge *m, const struct kvdex_merge_block *b, unsigned
 
 	if (b->recs_known) {
 		for (unsigned i = 0; i < b->nrecs; i++) {
-			size_t pos = b->rec_pos[i];
-
-			rc = kvdex_record_next(b->rec_img[i], srv->bucket_size, &pos, &rec);
-			if (rc != 1) {
-				return -EPROTO;
-			}
-			rc = merge_record(m, b, &rec, exact, fused);
+			kvdex_record_at(b->rec_img[i], b->rec_pos[i], &rec);
+			rc = merge_record(m, srv, &rec, exact, fused);
 			if (rc < 0) {
 				return rc;
 			}
@@ -202,7 +193,10 @@ merge_records(struct kvdex_merge *m, const struct kvdex_merge_block *b, unsigned
 		size_t pos = 0;
 
 		while ((rc = kvdex_record_next(b->imgs[i], srv->bucket_size, &pos, &rec)) == 1) {
-			rc = merge_record(m, b, &rec, exact, fused);
+			if (rec.hdr.key != b->key || rec.hdr.ns != srv->ns_id) {
+				continue;
+			}
+			rc = merge_record(m, srv, &rec, exact, fused);
 			if (rc < 0) {
 				return rc;
 			}
@@ -250,12 +244,6 @@ kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b)
 	}
 	m->pos++;
 	return 0;
-}
-
-bool
-kvdex_merge_alive(const struct kvdex_merge *m)
-{
-	return m->pos == 0 || m->nalive > 0;
 }
 
 static int
