@@ -5,15 +5,16 @@
  * A chain of n keys is looked up in batches of at most KVDEX_LOOKUP_BATCH.
  * For one batch:
  *   1. each key goes to its server (rendezvous) and to its home bucket under
- *      that server's cached geometry; keys sharing a (server, home bucket)
- *      share one bucket chain read;
+ *      that server's cached geometry; each key reads its own bucket chain
+ *      (two keys of a batch rarely share a home bucket at the table's load,
+ *      and then that bucket is simply read twice);
  *   2. a round posts, to every server concerned, the header plus one bucket
  *      per unfinished chain (the home bucket, or the next overflow bucket),
  *      then polls every server: one round trip per round;
  *   3. the header is validated first. A torn header discards that server's
  *      images of the round (they are re-read). A new incarnation (restart:
  *      namespaces re-registered) or a new geometry (resize) plans the whole
- *      batch again: keys that shared a bucket need not share one any more;
+ *      batch again under the new header (home buckets, namespace ids);
  *   4. each bucket image is checked: torn -> re-read the same bucket; stale
  *      (other table_gen, retired, or out of the region) -> restart the chain
  *      (the next round's header gives the new geometry); corrupt -> -EPROTO.
@@ -70,22 +71,19 @@ enum lk_state {
 	LK_DONE,
 };
 
+/* Key k's bucket chain: chains[k] of the batch. */
 struct lk_chain {
 	unsigned srv;
 	uint32_t ns_id;
-	uint64_t key; /* first key mapped to this chain */
 	uint32_t home;
 	uint32_t chain_seq;
 	uint32_t next;
-	uint32_t len;	   /* images accepted so far */
-	uint32_t filter;   /* the home image's ovf_filter */
-	uint8_t first_key; /* this chain's keys: first_key, key_next[...] */
+	uint32_t len;	 /* images accepted so far */
+	uint32_t filter; /* the home image's ovf_filter */
 	enum lk_state state;
 };
 
-#define LK_NO_KEY 0xffu
-
-/* What a chain has told us about one key of the batch so far. */
+/* What a chain has told us about its key so far. */
 enum lk_key_state {
 	LK_KEY_UNSEEN = 0, /* no record yet */
 	LK_KEY_MORE,	   /* records seen, the last one says more follow */
@@ -103,13 +101,11 @@ struct kvdex_lookup_scratch {
 	uint8_t *pool;
 	uint32_t nslots, capslots;
 	uint32_t ns;
-	struct lk_chain chains[KVDEX_LOOKUP_BATCH];
+	struct lk_chain chains[KVDEX_LOOKUP_BATCH]; /* one per key */
 	unsigned nchains;
-	unsigned key_chain[KVDEX_LOOKUP_BATCH];
 	unsigned key_srv[KVDEX_LOOKUP_BATCH];
 	uint32_t key_bit[KVDEX_LOOKUP_BATCH];  /* ovf_filter bit */
 	uint8_t key_state[KVDEX_LOOKUP_BATCH]; /* enum lk_key_state */
-	uint8_t key_next[KVDEX_LOOKUP_BATCH];  /* next key of the same chain */
 	/* The key's records found so far: pool slot and offset of each, for the
 	 * merge; KVDEX_MERGE_MAX_RECS + 1 = more than we note (merge scans). */
 	uint8_t key_nrec[KVDEX_LOOKUP_BATCH];
@@ -685,64 +681,49 @@ kvdex_lookup_read_rows(struct kvdex_client *c, unsigned i, uint32_t *round_trips
 
 /* ---- Chains ------------------------------------------------------------------- */
 
+/* Point key k's chain at its home bucket under server s's geometry, with
+ * nothing read yet. */
 static void
-lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned idx)
+lk_chain_home(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned k)
 {
-	struct lk_chain *ch = &lk->chains[idx];
-	const struct kvdex_server *s = &c->srv[ch->srv];
+	struct lk_chain *ch = &lk->chains[k];
+	unsigned srv = lk->key_srv[k];
 
-	for (unsigned k = 0; k < lk->nimgs; k++) {
-		if (lk->imgs[k].chain == (int)idx) {
-			lk->imgs[k].chain = -1;
-		}
-	}
-	for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
-		lk->key_state[k] = LK_KEY_UNSEEN;
-		lk->key_nrec[k] = 0;
-	}
-	ch->ns_id = c->ns[lk->ns].ids[ch->srv];
+	ch->srv = srv;
+	ch->ns_id = c->ns[lk->ns].ids[srv];
 	ch->len = 0;
 	ch->next = 0;
 	ch->filter = 0;
+	ch->chain_seq = 0;
+	lk->key_state[k] = LK_KEY_UNSEEN;
+	lk->key_nrec[k] = 0;
+	lk->key_bit[k] = 0;
 	if (ch->ns_id == KVDEX_NS_NONE) {
+		ch->home = 0;
 		ch->state = LK_DONE;
 		return;
 	}
-	ch->home = kvdex_home_index(&s->geo, (uint16_t)ch->ns_id, ch->key);
+	ch->home = kvdex_home_and_bit(&c->srv[srv].geo, (uint16_t)ch->ns_id, lk->keys[k],
+				      &lk->key_bit[k]);
 	ch->state = LK_HOME;
 }
 
-#define LK_GROUP_SLOTS (2 * KVDEX_LOOKUP_BATCH)
-
-/* Index of the chain of (srv, home, ns_id) in the batch, found through the
- * small open-addressing table grp (LK_NO_KEY = empty), or lk->nchains with
- * its slot taken for the chain the caller is about to add. */
-static unsigned
-lk_group_slot(const struct kvdex_lookup_scratch *lk, uint8_t *grp, unsigned srv, uint32_t home,
-	      uint32_t ns_id)
+/* Drop what chain k read and read it again from its home bucket. */
+static void
+lk_chain_reset(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned k)
 {
-	unsigned i = (home * 2654435761u ^ srv * 40503u ^ ns_id) % LK_GROUP_SLOTS;
-
-	for (;; i = (i + 1) % LK_GROUP_SLOTS) {
-		const struct lk_chain *ch;
-
-		if (grp[i] == LK_NO_KEY) {
-			grp[i] = (uint8_t)lk->nchains;
-			return lk->nchains;
-		}
-		ch = &lk->chains[grp[i]];
-		if (ch->srv == srv && ch->home == home && ch->ns_id == ns_id) {
-			return grp[i];
+	for (unsigned i = 0; i < lk->nimgs; i++) {
+		if (lk->imgs[i].chain == (int)k) {
+			lk->imgs[i].chain = -1;
 		}
 	}
+	lk_chain_home(c, lk, k);
 }
 
-/* Map the batch's keys to servers and chains. */
+/* Map the batch's keys to their chains. */
 static void
 lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys, unsigned n)
 {
-	const struct kvdex_client_ns *ns = &c->ns[lk->ns];
-	uint8_t grp[LK_GROUP_SLOTS];
 	size_t slot = KVDEX_HDR_SIZE;
 
 	/* Slots as large as the largest bucket of the servers concerned. */
@@ -757,40 +738,13 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 		lk->capslots = 0;
 		lk->slot_size = slot;
 	}
-	lk->nchains = 0;
 	lk->nimgs = 0;
 	lk->nslots = 0;
 	lk->keys = keys;
 	lk->nkeys = n;
-	memset(lk->key_state, LK_KEY_UNSEEN, n);
-	memset(lk->key_nrec, 0, n);
-	memset(grp, LK_NO_KEY, sizeof(grp));
+	lk->nchains = n;
 	for (unsigned k = 0; k < n; k++) {
-		unsigned srv = lk->key_srv[k];
-		uint32_t ns_id = ns->ids[srv];
-		uint32_t home = 0;
-		unsigned ci;
-
-		lk->key_bit[k] = 0;
-		if (ns_id != KVDEX_NS_NONE) {
-			home = kvdex_home_and_bit(&c->srv[srv].geo, (uint16_t)ns_id, keys[k],
-						  &lk->key_bit[k]);
-		}
-		ci = lk_group_slot(lk, grp, srv, home, ns_id);
-		if (ci == lk->nchains) {
-			struct lk_chain *ch = &lk->chains[lk->nchains++];
-
-			memset(ch, 0, sizeof(*ch));
-			ch->srv = srv;
-			ch->ns_id = ns_id;
-			ch->key = keys[k];
-			ch->home = home;
-			ch->first_key = LK_NO_KEY;
-			ch->state = ns_id == KVDEX_NS_NONE ? LK_DONE : LK_HOME;
-		}
-		lk->key_chain[k] = ci;
-		lk->key_next[k] = lk->chains[ci].first_key;
-		lk->chains[ci].first_key = (uint8_t)k;
+		lk_chain_home(c, lk, k);
 	}
 }
 
@@ -876,35 +830,32 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 	return 0;
 }
 
-/* Record which of chain ci's keys the image has records of, and whether
- * those records say more follow. */
+/* Note where the image has records of chain ci's key, and whether the
+ * last of them says more follow. */
 static int
-lk_note_keys(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot)
+lk_note_key(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot)
 {
 	const struct lk_chain *ch = &lk->chains[ci];
 	uint32_t bs = lk->used_geo[ch->srv].bucket_size;
 	const void *img = lk_slot_ptr(lk, slot);
+	uint64_t key = lk->keys[ci];
 	struct kvdex_record_view rec;
 	size_t pos = 0, at = 0;
 	int rc;
 
 	for (; (rc = kvdex_record_next(img, bs, &pos, &rec)) == 1; at = pos) {
-		if (rec.hdr.ns != ch->ns_id) {
+		uint8_t nrec = lk->key_nrec[ci];
+
+		if (rec.hdr.key != key || rec.hdr.ns != ch->ns_id) {
 			continue;
 		}
-		for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
-			if (lk->keys[k] != rec.hdr.key) {
-				continue;
-			}
-			lk->key_state[k] =
-				(rec.hdr.flags & KVDEX_REC_MORE) ? LK_KEY_MORE : LK_KEY_SETTLED;
-			if (lk->key_nrec[k] < KVDEX_MERGE_MAX_RECS) {
-				lk->key_rec_slot[k][lk->key_nrec[k]] = slot;
-				lk->key_rec_pos[k][lk->key_nrec[k]] = (uint16_t)at;
-			}
-			if (lk->key_nrec[k] <= KVDEX_MERGE_MAX_RECS) {
-				lk->key_nrec[k]++;
-			}
+		lk->key_state[ci] = (rec.hdr.flags & KVDEX_REC_MORE) ? LK_KEY_MORE : LK_KEY_SETTLED;
+		if (nrec < KVDEX_MERGE_MAX_RECS) {
+			lk->key_rec_slot[ci][nrec] = slot;
+			lk->key_rec_pos[ci][nrec] = (uint16_t)at;
+		}
+		if (nrec <= KVDEX_MERGE_MAX_RECS) {
+			lk->key_nrec[ci] = nrec + 1;
 		}
 	}
 	if (rc < 0) {
@@ -919,15 +870,8 @@ lk_note_keys(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned c
 static bool
 lk_chain_needs_more(const struct kvdex_lookup_scratch *lk, unsigned ci)
 {
-	const struct lk_chain *ch = &lk->chains[ci];
-
-	for (unsigned k = ch->first_key; k != LK_NO_KEY; k = lk->key_next[k]) {
-		if (lk->key_state[k] == LK_KEY_MORE ||
-		    (lk->key_state[k] == LK_KEY_UNSEEN && (ch->filter & lk->key_bit[k]))) {
-			return true;
-		}
-	}
-	return false;
+	return lk->key_state[ci] == LK_KEY_MORE ||
+	       (lk->key_state[ci] == LK_KEY_UNSEEN && (lk->chains[ci].filter & lk->key_bit[ci]));
 }
 
 /* Accept one validated bucket image into its chain. */
@@ -956,7 +900,7 @@ lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, 
 		return rc;
 	}
 	ch->len++;
-	rc = lk_note_keys(c, lk, ci, slot);
+	rc = lk_note_key(c, lk, ci, slot);
 	if (rc < 0) {
 		return rc;
 	}
@@ -1214,6 +1158,7 @@ static int
 lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys,
 	       unsigned n)
 {
+	bool grouped = false;
 	int rc;
 
 	for (unsigned s = 0; s < c->nsrv; s++) {
@@ -1225,31 +1170,37 @@ lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const ui
 		v->bucket_size = c->srv[s].geo.bucket_size;
 		v->ns_id = c->ns[lk->ns].ids[s];
 	}
-	rc = lk_group(lk);
-	if (rc < 0) {
-		return rc;
-	}
 	for (unsigned k = 0; k < n; k++) {
 		struct kvdex_merge_block b;
-		unsigned ci = lk->key_chain[k];
 
 		b.key = keys[k];
-		b.srv = &lk->views[lk->chains[ci].srv];
-		b.imgs = lk->gather + lk->cstart[ci];
-		b.nimgs = lk->ccount[ci];
+		b.srv = &lk->views[lk->chains[k].srv];
 		b.recs_known = lk->key_nrec[k] <= KVDEX_MERGE_MAX_RECS;
+		b.imgs = NULL;
+		b.nimgs = 0;
 		if (b.recs_known) {
 			b.nrecs = lk->key_nrec[k];
 			for (unsigned r = 0; r < b.nrecs; r++) {
 				b.rec_img[r] = lk_slot_ptr(lk, lk->key_rec_slot[k][r]);
 				b.rec_pos[r] = lk->key_rec_pos[k][r];
 			}
+		} else {
+			/* More records than noted: the merge scans the chain. */
+			if (!grouped) {
+				rc = lk_group(lk);
+				if (rc < 0) {
+					return rc;
+				}
+				grouped = true;
+			}
+			b.imgs = lk->gather + lk->cstart[k];
+			b.nimgs = lk->ccount[k];
 		}
 		rc = kvdex_merge_add(&lk->merge, &b);
 		if (rc < 0) {
 			if (rc == -EPROTO) {
 				kvdex_client_set_error(c, "server %s: malformed record",
-						       c->srv[lk->chains[ci].srv].ep.name);
+						       c->srv[lk->chains[k].srv].ep.name);
 			}
 			return rc;
 		}
