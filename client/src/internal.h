@@ -83,22 +83,11 @@ struct kvdex_merge_srv {
 };
 
 /* One block of the chain: the validated images of its bucket chain. */
-#define KVDEX_MERGE_MAX_RECS 4u
-
 struct kvdex_merge_block {
 	uint64_t key;
 	const struct kvdex_merge_srv *srv;
 	const void *const *imgs; /* 64-byte aligned, validated, chain order */
 	unsigned nimgs;
-	/* Where the key's records are, when the reader already knows (it found
-	 * them while deciding whether to follow the chain): rec_img[i] is an
-	 * image and rec_pos[i] the offset in its record area of a record that
-	 * kvdex_record_next() accepted and whose key and ns are the block's.
-	 * Without recs_known the merge scans every image of the chain. */
-	bool recs_known;
-	unsigned nrecs;
-	const void *rec_img[KVDEX_MERGE_MAX_RECS];
-	size_t rec_pos[KVDEX_MERGE_MAX_RECS];
 };
 
 struct kvdex_merge_worker {
@@ -127,12 +116,23 @@ struct kvdex_merge {
 	unsigned nw, nalive, capw;
 	uint32_t pos;	/* blocks merged so far */
 	uint32_t fused; /* see kvdex_lookup_result.fused */
+	/* The block being merged: visible exact holders, a visible FUSED one. */
+	unsigned blk_exact;
+	bool blk_fused;
 };
 
 void kvdex_merge_init(struct kvdex_merge *m, unsigned flags);
 void kvdex_merge_fini(struct kvdex_merge *m);
-/* Merge the next block of the chain. 0, -EPROTO (malformed record), -ENOMEM. */
+/* Merge the next block of the chain, scanning its images for its records.
+ * 0, -EPROTO (malformed record), -ENOMEM. */
 int kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b);
+/* The same in steps, for a reader that already found the block's records:
+ * begin, then every record of the block (key and ns already matched), then
+ * end. kvdex_merge_record returns 0 or -ENOMEM. */
+void kvdex_merge_begin(struct kvdex_merge *m);
+int kvdex_merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
+		       const struct kvdex_record_view *rec);
+void kvdex_merge_end(struct kvdex_merge *m);
 /* Can a later block still change the result? */
 static inline bool
 kvdex_merge_alive(const struct kvdex_merge *m)

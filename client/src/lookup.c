@@ -64,6 +64,9 @@
 #define OPS_PER_SRV (1u + KVDEX_LOOKUP_BATCH + LK_ROW_OPS)
 #define LK_OP_HDR (-1)
 #define LK_OP_ROWS (-2)
+/* Records of one key whose place the reader notes; a key with more (a block
+ * with hundreds of holders) is merged by scanning its chain's images. */
+#define LK_MAX_RECS 4u
 
 enum lk_state {
 	LK_HOME = 0, /* read the home bucket next */
@@ -107,10 +110,10 @@ struct kvdex_lookup_scratch {
 	uint32_t key_bit[KVDEX_LOOKUP_BATCH];  /* ovf_filter bit */
 	uint8_t key_state[KVDEX_LOOKUP_BATCH]; /* enum lk_key_state */
 	/* The key's records found so far: pool slot and offset of each, for the
-	 * merge; KVDEX_MERGE_MAX_RECS + 1 = more than we note (merge scans). */
+	 * merge; LK_MAX_RECS + 1 = more than we note (merge scans). */
 	uint8_t key_nrec[KVDEX_LOOKUP_BATCH];
-	uint32_t key_rec_slot[KVDEX_LOOKUP_BATCH][KVDEX_MERGE_MAX_RECS];
-	uint16_t key_rec_pos[KVDEX_LOOKUP_BATCH][KVDEX_MERGE_MAX_RECS];
+	uint32_t key_rec_slot[KVDEX_LOOKUP_BATCH][LK_MAX_RECS];
+	uint16_t key_rec_pos[KVDEX_LOOKUP_BATCH][LK_MAX_RECS];
 	const uint64_t *keys; /* the batch's keys */
 	unsigned nkeys;
 	struct lk_img *imgs;
@@ -850,11 +853,11 @@ lk_note_key(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci
 			continue;
 		}
 		lk->key_state[ci] = (rec.hdr.flags & KVDEX_REC_MORE) ? LK_KEY_MORE : LK_KEY_SETTLED;
-		if (nrec < KVDEX_MERGE_MAX_RECS) {
+		if (nrec < LK_MAX_RECS) {
 			lk->key_rec_slot[ci][nrec] = slot;
 			lk->key_rec_pos[ci][nrec] = (uint16_t)at;
 		}
-		if (nrec <= KVDEX_MERGE_MAX_RECS) {
+		if (nrec <= LK_MAX_RECS) {
 			lk->key_nrec[ci] = nrec + 1;
 		}
 	}
@@ -1154,6 +1157,27 @@ lk_group(struct kvdex_lookup_scratch *lk)
 	return 0;
 }
 
+/* Merge key k from the records lk_note_key found. */
+static int
+lk_merge_noted(struct kvdex_lookup_scratch *lk, const struct kvdex_merge_srv *v, unsigned k)
+{
+	struct kvdex_record_view rec;
+
+	kvdex_merge_begin(&lk->merge);
+	for (unsigned r = 0; r < lk->key_nrec[k]; r++) {
+		int rc;
+
+		kvdex_record_at(lk_slot_ptr(lk, lk->key_rec_slot[k][r]), lk->key_rec_pos[k][r],
+				&rec);
+		rc = kvdex_merge_record(&lk->merge, v, &rec);
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	kvdex_merge_end(&lk->merge);
+	return 0;
+}
+
 static int
 lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t *keys,
 	       unsigned n)
@@ -1171,21 +1195,14 @@ lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const ui
 		v->ns_id = c->ns[lk->ns].ids[s];
 	}
 	for (unsigned k = 0; k < n; k++) {
-		struct kvdex_merge_block b;
+		const struct kvdex_merge_srv *v = &lk->views[lk->chains[k].srv];
 
-		b.key = keys[k];
-		b.srv = &lk->views[lk->chains[k].srv];
-		b.recs_known = lk->key_nrec[k] <= KVDEX_MERGE_MAX_RECS;
-		b.imgs = NULL;
-		b.nimgs = 0;
-		if (b.recs_known) {
-			b.nrecs = lk->key_nrec[k];
-			for (unsigned r = 0; r < b.nrecs; r++) {
-				b.rec_img[r] = lk_slot_ptr(lk, lk->key_rec_slot[k][r]);
-				b.rec_pos[r] = lk->key_rec_pos[k][r];
-			}
+		if (lk->key_nrec[k] <= LK_MAX_RECS) {
+			rc = lk_merge_noted(lk, v, k);
 		} else {
 			/* More records than noted: the merge scans the chain. */
+			struct kvdex_merge_block b = {.key = keys[k], .srv = v};
+
 			if (!grouped) {
 				rc = lk_group(lk);
 				if (rc < 0) {
@@ -1195,8 +1212,8 @@ lk_merge_batch(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const ui
 			}
 			b.imgs = lk->gather + lk->cstart[k];
 			b.nimgs = lk->ccount[k];
+			rc = kvdex_merge_add(&lk->merge, &b);
 		}
-		rc = kvdex_merge_add(&lk->merge, &b);
 		if (rc < 0) {
 			if (rc == -EPROTO) {
 				kvdex_client_set_error(c, "server %s: malformed record",

@@ -140,11 +140,16 @@ merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row,
 	return 0;
 }
 
-/* Fold one record of block b. *exact counts its visible exact holders;
- * *fused is set by a visible FUSED holder. */
-static int
-merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
-	     const struct kvdex_record_view *rec, unsigned *exact, bool *fused)
+void
+kvdex_merge_begin(struct kvdex_merge *m)
+{
+	m->blk_exact = 0;
+	m->blk_fused = false;
+}
+
+int
+kvdex_merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
+		   const struct kvdex_record_view *rec)
 {
 	const struct kvdex_holder *h = rec->holders;
 
@@ -157,10 +162,10 @@ merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
 		}
 		if (rec->hdr.flags & KVDEX_REC_FUSED) {
 			/* Never an exact match; only noted. */
-			*fused = true;
+			m->blk_fused = true;
 			continue;
 		}
-		(*exact)++;
+		m->blk_exact++;
 		rc = merge_holder(m, row, &h[j]);
 		if (rc < 0) {
 			return rc;
@@ -169,59 +174,10 @@ merge_record(struct kvdex_merge *m, const struct kvdex_merge_srv *srv,
 	return 0;
 }
 
-/* Fold every record of block b: those the reader found (already walked and
- * matched to the key), or those found by scanning its chain's images. */
-static int
-merge_records(struct kvdex_merge *m, const struct kvdex_merge_block *b, unsigned *exact,
-	      bool *fused)
+void
+kvdex_merge_end(struct kvdex_merge *m)
 {
-	const struct kvdex_merge_srv *srv = b->srv;
-	struct kvdex_record_view rec;
-	int rc;
-
-	if (b->recs_known) {
-		for (unsigned i = 0; i < b->nrecs; i++) {
-			kvdex_record_at(b->rec_img[i], b->rec_pos[i], &rec);
-			rc = merge_record(m, srv, &rec, exact, fused);
-			if (rc < 0) {
-				return rc;
-			}
-		}
-		return 0;
-	}
-	for (unsigned i = 0; i < b->nimgs; i++) {
-		size_t pos = 0;
-
-		while ((rc = kvdex_record_next(b->imgs[i], srv->bucket_size, &pos, &rec)) == 1) {
-			if (rec.hdr.key != b->key || rec.hdr.ns != srv->ns_id) {
-				continue;
-			}
-			rc = merge_record(m, srv, &rec, exact, fused);
-			if (rc < 0) {
-				return rc;
-			}
-		}
-		if (rc < 0) {
-			return rc;
-		}
-	}
-	return 0;
-}
-
-int
-kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b)
-{
-	unsigned exact = 0;
-	bool fused = false;
-
-	if (b->srv != NULL && b->srv->ns_id != KVDEX_NS_NONE) {
-		int rc = merge_records(m, b, &exact, &fused);
-
-		if (rc < 0) {
-			return rc;
-		}
-	}
-	if (fused && exact == 0 && m->fused == 0) {
+	if (m->blk_fused && m->blk_exact == 0 && m->fused == 0) {
 		m->fused = m->pos + 1;
 	}
 	/* Count the block for the alive workers that hold it; the others stop
@@ -243,6 +199,33 @@ kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b)
 		i++;
 	}
 	m->pos++;
+}
+
+int
+kvdex_merge_add(struct kvdex_merge *m, const struct kvdex_merge_block *b)
+{
+	const struct kvdex_merge_srv *srv = b->srv;
+	struct kvdex_record_view rec;
+	int rc;
+
+	kvdex_merge_begin(m);
+	for (unsigned i = 0; srv != NULL && srv->ns_id != KVDEX_NS_NONE && i < b->nimgs; i++) {
+		size_t pos = 0;
+
+		while ((rc = kvdex_record_next(b->imgs[i], srv->bucket_size, &pos, &rec)) == 1) {
+			if (rec.hdr.key != b->key || rec.hdr.ns != srv->ns_id) {
+				continue;
+			}
+			rc = kvdex_merge_record(m, srv, &rec);
+			if (rc < 0) {
+				return rc;
+			}
+		}
+		if (rc < 0) {
+			return rc;
+		}
+	}
+	kvdex_merge_end(m);
 	return 0;
 }
 

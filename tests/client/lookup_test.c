@@ -533,6 +533,57 @@ Test(lookup, batches_continue_only_while_matching)
 	tr_fini(&R);
 }
 
+/* 11b: each key reads its own chain, so two keys sharing a home bucket read
+ * it twice in the one round; a block with more records than the reader notes
+ * (a block with many holders) is merged by scanning its images. */
+Test(lookup, shared_bucket_and_many_records)
+{
+	static const unsigned tiers[5] = {KVDEX_TIER_GPU, KVDEX_TIER_HOST, KVDEX_TIER_GPU,
+					  KVDEX_TIER_DISK, KVDEX_TIER_HOST};
+	struct kvdex_holding out[4];
+	struct kvdex_lookup_result res = {.holdings = out, .cap = 4};
+	struct kvdex_holder g1 = tr_holder(1, KVDEX_TIER_GPU, 0, 1);
+	struct kvdex_client *c;
+	struct fake_conn *fc;
+	uint64_t keys[2] = {5, 6};
+
+	region_with_workers(&R);
+	while (tr_home(&R, NS, keys[1]) != tr_home(&R, NS, keys[0])) {
+		keys[1]++;
+	}
+	/* Block 0: five one-holder records (slots 0, 1, 2, 3, 0), all but the
+	 * last saying more follow. */
+	for (unsigned i = 0; i < 5; i++) {
+		struct tr_rec rec = {.key = keys[0], .ns = NS, .nh = 1};
+
+		rec.flags = i < 4 ? KVDEX_REC_MORE : 0;
+		rec.h[0] = tr_holder((uint16_t)(i % 4), tiers[i], 0, 1);
+		tr_add_home_rec(&R, &rec);
+	}
+	store(&R, keys[1], 1, &g1);
+	c = one_server(&fc);
+	fc->ops_total = 0;
+	cr_assert(eq(int, kvdex_lookup(c, 0, keys, 2, 0, &res), 0));
+	cr_assert(eq(u32, res.round_trips, 1));
+	cr_assert(eq(u32, fc->ops_total, 3)); /* header + the bucket once per key */
+	cr_assert(eq(u32, res.nholdings_total, 4));
+	cr_assert(eq(u32, out[0].worker_id, 101));
+	cr_assert(eq(u16, out[0].matched, 2));
+	cr_assert(eq(u16, out[0].tier_blocks[KVDEX_GPU], 1));
+	cr_assert(eq(u16, out[0].tier_blocks[KVDEX_HOST], 1));
+	for (unsigned i = 1; i < 4; i++) {
+		cr_assert(eq(u16, out[i].matched, 1));
+	}
+	/* Worker 100 holds block 0 on GPU (slot 0's first record) and host. */
+	for (unsigned i = 1; i < 4; i++) {
+		if (out[i].worker_id == 100) {
+			cr_assert(eq(u16, out[i].tier_blocks[KVDEX_GPU], 1));
+		}
+	}
+	kvdex_client_destroy(c);
+	tr_fini(&R);
+}
+
 /* 12: argument checks. */
 Test(lookup, bad_arguments)
 {
