@@ -333,6 +333,17 @@ struct kvdex_record_view {
 	size_t size;
 };
 
+/* Point a view whose header is filled in at the record of `size` bytes at p. */
+static inline void
+kvdex_record_view_set(const uint8_t *p, size_t size, struct kvdex_record_view *rec)
+{
+	/* Records start 8-byte aligned within an aligned image, so the views
+	 * below are properly aligned for their types. */
+	rec->holders = (const struct kvdex_holder *)(p + KVDEX_RECORD_HDR_SIZE);
+	rec->locs = (const struct kvdex_loc *)(p + size - (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
+	rec->size = size;
+}
+
 /*
  * The record at offset `pos` of an image's record area, with no checks: only
  * for a record kvdex_record_next() has already accepted in the same bytes.
@@ -340,15 +351,10 @@ struct kvdex_record_view {
 static inline void
 kvdex_record_at(const void *bucket_img, size_t pos, struct kvdex_record_view *rec)
 {
-	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE + pos;
+	const uint8_t *p = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE + pos;
 
-	memcpy(&rec->hdr, area, sizeof(rec->hdr));
-	rec->size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
-	/* Records start 8-byte aligned within an aligned image, so the views
-	 * below are properly aligned for their types. */
-	rec->holders = (const struct kvdex_holder *)(area + KVDEX_RECORD_HDR_SIZE);
-	rec->locs = (const struct kvdex_loc *)(area + rec->size -
-					       (size_t)rec->hdr.nlocs * KVDEX_LOC_SIZE);
+	memcpy(&rec->hdr, p, sizeof(rec->hdr));
+	kvdex_record_view_set(p, kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs), rec);
 }
 
 /*
@@ -363,28 +369,32 @@ kvdex_record_next(const void *bucket_img, uint32_t bucket_size, size_t *pos,
 		  struct kvdex_record_view *rec)
 {
 	const uint8_t *area = (const uint8_t *)bucket_img + KVDEX_BUCKET_HDR_SIZE;
-	uint16_t used = kvdex_bucket_used(bucket_img);
+	size_t used = kvdex_bucket_used(bucket_img);
+	size_t at = *pos;
+	struct kvdex_record_hdr h;
 	size_t size;
 
 	if (used > bucket_size - KVDEX_BUCKET_HDR_SIZE) {
 		return -EPROTO;
 	}
-	if (*pos >= used) {
+	if (at >= used) {
 		return 0;
 	}
-	if (used - *pos < KVDEX_RECORD_HDR_SIZE) {
+	if (used - at < KVDEX_RECORD_HDR_SIZE) {
 		return -EPROTO;
 	}
-	memcpy(&rec->hdr, area + *pos, sizeof(rec->hdr));
-	if (rec->hdr.nholders == 0 || rec->hdr.nlocs > rec->hdr.nholders) {
+	/* Read into a local first: stores into *rec could alias the image. */
+	memcpy(&h, area + at, sizeof(h));
+	if (h.nholders == 0 || h.nlocs > h.nholders) {
 		return -EPROTO;
 	}
-	size = kvdex_record_size(rec->hdr.nholders, rec->hdr.nlocs);
-	if (size > used - *pos) {
+	size = kvdex_record_size(h.nholders, h.nlocs);
+	if (size > used - at) {
 		return -EPROTO;
 	}
-	kvdex_record_at(bucket_img, *pos, rec);
-	*pos += size;
+	rec->hdr = h;
+	kvdex_record_view_set(area + at, size, rec);
+	*pos = at + size;
 	return 1;
 }
 

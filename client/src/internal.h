@@ -94,9 +94,10 @@ struct kvdex_merge_worker {
 	uint32_t worker_id;
 	uint16_t dp_rank;
 	bool alive; /* has held every block so far */
-	/* The block being merged: blk_pos = its position + 1 once this worker
-	 * is seen holding it, with the fastest tier seen and whether every copy
-	 * seen is speculative. */
+	/* The last block this worker was seen holding: blk_pos = its position
+	 * + 1, with the fastest tier seen and whether every copy seen is
+	 * speculative. The counts below include it only once it is complete
+	 * (the next block seen, the worker stops, or the merge finishes). */
 	bool blk_spec;
 	uint32_t blk_pos;
 	uint32_t blk_tier;
@@ -116,9 +117,11 @@ struct kvdex_merge {
 	unsigned nw, nalive, capw;
 	uint32_t pos;	/* blocks merged so far */
 	uint32_t fused; /* see kvdex_lookup_result.fused */
-	/* The block being merged: visible exact holders, a visible FUSED one. */
+	/* The block being merged: visible exact holders, a visible FUSED one,
+	 * alive workers seen holding it. */
 	unsigned blk_exact;
 	bool blk_fused;
+	unsigned blk_seen;
 };
 
 void kvdex_merge_init(struct kvdex_merge *m, unsigned flags);

@@ -96,6 +96,16 @@ merge_new(struct kvdex_merge *m, const struct kvdex_worker_row *row)
 	return w;
 }
 
+/* Count the last block w was seen holding: blocks are counted one late,
+ * once the fastest tier it holds them in is known. */
+static void
+merge_fold(struct kvdex_merge_worker *w)
+{
+	w->matched++;
+	w->tier_blocks[w->blk_tier]++;
+	w->spec_blocks += w->blk_spec;
+}
+
 /*
  * Note that a visible exact holder has block m->pos. Only a worker alive so
  * far can gain from it; at block 0 every holder starts alive. A worker can
@@ -126,9 +136,14 @@ merge_holder(struct kvdex_merge *m, const struct kvdex_worker_row *row,
 		}
 	}
 	if (w->blk_pos != m->pos + 1) {
+		/* First copy of this block: the previous one is complete. */
+		if (w->blk_pos != 0) {
+			merge_fold(w);
+		}
 		w->blk_pos = m->pos + 1;
 		w->blk_tier = tier;
 		w->blk_spec = spec;
+		m->blk_seen++;
 		return 0;
 	}
 	if (tier < w->blk_tier) {
@@ -145,6 +160,7 @@ kvdex_merge_begin(struct kvdex_merge *m)
 {
 	m->blk_exact = 0;
 	m->blk_fused = false;
+	m->blk_seen = 0;
 }
 
 int
@@ -180,23 +196,22 @@ kvdex_merge_end(struct kvdex_merge *m)
 	if (m->blk_fused && m->blk_exact == 0 && m->fused == 0) {
 		m->fused = m->pos + 1;
 	}
-	/* Count the block for the alive workers that hold it; the others stop
-	 * here and move past w[nalive) (the order is restored at finish). */
-	for (unsigned i = 0; i < m->nalive;) {
+	/* Alive workers that lack this block stop here: their last block is
+	 * counted and they move past w[nalive) (the order is restored at
+	 * finish). When every alive worker was seen, nobody stops. */
+	for (unsigned i = 0; m->blk_seen != m->nalive && i < m->nalive;) {
 		struct kvdex_merge_worker *w = &m->w[i];
+		struct kvdex_merge_worker t;
 
-		if (w->blk_pos != m->pos + 1) {
-			struct kvdex_merge_worker t = *w;
-
-			t.alive = false;
-			*w = m->w[--m->nalive];
-			m->w[m->nalive] = t;
+		if (w->blk_pos == m->pos + 1) {
+			i++;
 			continue;
 		}
-		w->matched++;
-		w->tier_blocks[w->blk_tier]++;
-		w->spec_blocks += w->blk_spec;
-		i++;
+		t = *w;
+		merge_fold(&t);
+		t.alive = false;
+		*w = m->w[--m->nalive];
+		m->w[m->nalive] = t;
 	}
 	m->pos++;
 }
@@ -260,6 +275,11 @@ kvdex_merge_finish(struct kvdex_merge *m, struct kvdex_lookup_result *res)
 {
 	uint32_t longest = 0;
 
+	/* The workers still alive hold the last block merged: count it. */
+	for (unsigned i = 0; i < m->nalive; i++) {
+		merge_fold(&m->w[i]);
+	}
+	m->nalive = 0;
 	if (m->nw > 1) {
 		qsort(m->w, m->nw, sizeof(m->w[0]), merge_cmp);
 	}
