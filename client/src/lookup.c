@@ -759,6 +759,7 @@ lk_plan_hdr(struct kvdex_lookup_scratch *lk, unsigned base)
 {
 	lk->op_slot[base] = lk_slot_take(lk);
 	lk->op_chain[base] = LK_OP_HDR;
+	lk->ops[base].buf = lk_slot_ptr(lk, lk->op_slot[base]);
 	lk->ops[base].off = 0;
 	lk->ops[base].len = KVDEX_HDR_SIZE;
 	lk->ops[base].flags = 0;
@@ -792,7 +793,8 @@ lk_plan_rows(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s
 	return 0;
 }
 
-/* Plan server s's ops of the round; the slots are reserved. */
+/* Plan server s's ops of the round. The slots are reserved, so the pool does
+ * not move and the ops point into it directly. */
 static int
 lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned s)
 {
@@ -815,6 +817,7 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 		}
 		lk->op_slot[base + n] = lk_slot_take(lk);
 		lk->op_chain[base + n] = (int)k;
+		lk->ops[base + n].buf = lk_slot_ptr(lk, lk->op_slot[base + n]);
 		lk->ops[base + n].off = ch->state == LK_HOME
 						? kvdex_home_offset(g, ch->home)
 						: kvdex_overflow_offset(g, ch->next - 1);
@@ -836,11 +839,11 @@ lk_plan_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned
 /* Note where the image has records of chain ci's key, and whether the
  * last of them says more follow. */
 static int
-lk_note_key(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot)
+lk_note_key(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, const void *img,
+	    uint32_t slot)
 {
 	const struct lk_chain *ch = &lk->chains[ci];
 	uint32_t bs = lk->used_geo[ch->srv].bucket_size;
-	const void *img = lk_slot_ptr(lk, slot);
 	uint64_t key = lk->keys[ci];
 	struct kvdex_record_view rec;
 	size_t pos = 0, at = 0;
@@ -879,15 +882,15 @@ lk_chain_needs_more(const struct kvdex_lookup_scratch *lk, unsigned ci)
 
 /* Accept one validated bucket image into its chain. */
 static int
-lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, uint32_t slot,
-	  uint32_t *retries)
+lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, const void *img,
+	  uint32_t slot, uint32_t *retries)
 {
 	struct lk_chain *ch = &lk->chains[ci];
 	const struct kvdex_geometry *g = &lk->used_geo[ch->srv];
 	struct kvdex_bucket_hdr bh;
 	int rc;
 
-	memcpy(&bh, lk_slot_ptr(lk, slot), sizeof(bh));
+	memcpy(&bh, img, sizeof(bh));
 	if (ch->state == LK_NEXT && (bh.owner != ch->home || bh.chain_seq != ch->chain_seq)) {
 		/* The chain changed between round trips: read it again. */
 		(*retries)++;
@@ -903,7 +906,7 @@ lk_accept(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned ci, 
 		return rc;
 	}
 	ch->len++;
-	rc = lk_note_key(c, lk, ci, slot);
+	rc = lk_note_key(c, lk, ci, img, slot);
 	if (rc < 0) {
 		return rc;
 	}
@@ -938,9 +941,9 @@ lk_check_bucket(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigne
 	if (o->status < 0) {
 		return o->status;
 	}
-	switch (kvdex_bucket_check(lk_slot_ptr(lk, lk->op_slot[op]), &lk->used_geo[s], o->off)) {
+	switch (kvdex_bucket_check(o->buf, &lk->used_geo[s], o->off)) {
 	case KVDEX_BUCKET_OK:
-		return lk_accept(c, lk, ci, lk->op_slot[op], retries);
+		return lk_accept(c, lk, ci, o->buf, lk->op_slot[op], retries);
 	case KVDEX_BUCKET_TORN:
 		(*retries)++; /* same bucket again next round */
 		return 0;
@@ -963,7 +966,7 @@ lk_process_server(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsig
 		  uint32_t *retries)
 {
 	unsigned base = s * OPS_PER_SRV;
-	const struct kvdex_region_hdr *hdr = lk_slot_ptr(lk, lk->op_slot[base]);
+	const struct kvdex_region_hdr *hdr = lk->ops[base].buf;
 	bool reset;
 	int rc;
 
@@ -1026,15 +1029,9 @@ lk_round(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, uint32_t *rt, 
 			return rc;
 		}
 	}
-	/* The pool no longer moves: point the ops at their slots and post. */
 	for (unsigned s = 0; s < c->nsrv; s++) {
 		unsigned base = s * OPS_PER_SRV;
 
-		for (unsigned k = 0; k < lk->srv_nops[s]; k++) {
-			if (lk->op_chain[base + k] != LK_OP_ROWS) { /* rows: into s->rows */
-				lk->ops[base + k].buf = lk_slot_ptr(lk, lk->op_slot[base + k]);
-			}
-		}
 		if (lk->srv_nops[s] > 0) {
 			struct kvdex_conn *conn = c->srv[s].conn;
 
