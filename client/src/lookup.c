@@ -684,8 +684,8 @@ kvdex_lookup_read_rows(struct kvdex_client *c, unsigned i, uint32_t *round_trips
 
 /* ---- Chains ------------------------------------------------------------------- */
 
-/* Point key k's chain at its home bucket under server s's geometry, with
- * nothing read yet. */
+/* Point key k's chain at its home bucket under its server's cached
+ * geometry, with nothing read yet. */
 static void
 lk_chain_home(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, unsigned k)
 {
