@@ -115,7 +115,6 @@ struct kvdex_lookup_scratch {
 	uint32_t key_rec_slot[KVDEX_LOOKUP_BATCH][LK_MAX_RECS];
 	uint16_t key_rec_pos[KVDEX_LOOKUP_BATCH][LK_MAX_RECS];
 	const uint64_t *keys; /* the batch's keys */
-	unsigned nkeys;
 	struct lk_img *imgs;
 	unsigned nimgs, capimgs;
 	struct kvdex_read_op *ops; /* nsrv x OPS_PER_SRV */
@@ -744,7 +743,6 @@ lk_plan(struct kvdex_client *c, struct kvdex_lookup_scratch *lk, const uint64_t 
 	lk->nimgs = 0;
 	lk->nslots = 0;
 	lk->keys = keys;
-	lk->nkeys = n;
 	lk->nchains = n;
 	for (unsigned k = 0; k < n; k++) {
 		lk_chain_home(c, lk, k);
